@@ -1,0 +1,156 @@
+"""The ``autotune`` command line: parses units and paths, wires the pieces together, turns errors into one line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import optuna
+import typer
+from tritonclient.utils import InferenceServerException
+
+from autotune.embedded import EmbeddedServer
+from autotune.errors import AutotuneError
+from autotune.loadgen import LoadGenerator, LoadSettings
+from autotune.report import best_config, export, study_json, summary, trial_line
+from autotune.server import ModelServer, repository_models
+from autotune.space import SearchSpace
+from autotune.study import DEFAULT_STORAGE, Terminated, Tuner, mask_password, open_study
+from autotune.units import format_ms, parse_duration
+
+DEMO_MODEL = "mlp"
+
+app = typer.Typer(
+    help="Bayesian auto-tuner for NVIDIA Triton Inference Server model configurations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """Find the model configuration and client concurrency with the most throughput under a p95 latency limit."""
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"autotune: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _server(url: str | None, model_repository: Path) -> Iterator[tuple[str, EmbeddedServer | None]]:
+    if url is not None:
+        yield url, None
+        return
+    if not model_repository.is_dir():
+        raise AutotuneError(f"model repository {model_repository} is not a directory")
+    with EmbeddedServer(model_repository) as embedded:
+        yield embedded.url, embedded
+
+
+def _choose_model(url: str, model: str | None) -> str:
+    if model is not None:
+        return model
+    names = repository_models(url)
+    if len(names) == 1:
+        return names[0]
+    if DEMO_MODEL in names:
+        return DEMO_MODEL
+    raise AutotuneError(f"the repository holds several models ({', '.join(names)}); choose one with --model")
+
+
+@app.command()
+def optimize(
+    max_p95: Annotated[str, typer.Option(help="p95 latency limit with a unit: 800us, 200ms, 1.5s.")],
+    model_repository: Annotated[Path, typer.Option(
+        help="Model repository served by the embedded Triton server (ignored with --url).")] = Path("model_repository"),
+    model: Annotated[str | None, typer.Option(
+        help="Model to tune. Default: the repository's only model, or the demo model 'mlp'.")] = None,
+    url: Annotated[str | None, typer.Option(
+        help="gRPC host:port of your own Triton server, started with --model-control-mode=explicit. "
+        "Default: start the embedded server on loopback.")] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Total trials in the study; a rerun tops up to this.")] = 20,
+    study_name: Annotated[str | None, typer.Option(
+        "--study", help="Study name. Default: MODEL-p95-LIMIT, e.g. mlp-p95-200ms.")] = None,
+    storage: Annotated[str, typer.Option(
+        help="Optuna storage URL (sqlite:///..., postgresql://...).")] = DEFAULT_STORAGE,
+    space: Annotated[Path | None, typer.Option(
+        help="Search space YAML. Default: studies/MODEL.yaml if present, else built-in bounds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampler seed, for repeatable studies.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="Where to write the best config.pbtxt. Default: studies/STUDY/config.pbtxt.")] = None,
+    window: Annotated[str, typer.Option(help="Length of one measurement window.")] = "1s",
+    warmup: Annotated[str, typer.Option(help="Load before the first window counts.")] = "1s",
+    max_windows: Annotated[int, typer.Option(min=3, help="Windows per trial before giving up on stability.")] = 8,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout at the end.")] = False,
+) -> None:
+    """Tune a model: each trial reloads it with new settings, measures it, and keeps the best feasible one."""
+    try:
+        limit_ms = parse_duration(max_p95, "--max-p95") * 1e3
+        settings = LoadSettings(warmup_s=parse_duration(warmup, "--warmup"),
+                                window_s=parse_duration(window, "--window"), max_windows=max_windows)
+        search_space = SearchSpace.from_yaml(space) if space is not None else None
+        with _server(url, model_repository) as (server_url, embedded):
+            try:
+                _optimize(server_url, model, limit_ms, trials, study_name, storage, search_space, seed, output,
+                          settings, json_output)
+            except InferenceServerException as error:
+                log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
+                raise AutotuneError(f"lost the Triton server at {server_url}: {error.message()}{log}") from None
+    except AutotuneError as error:
+        raise _fail(str(error)) from None
+    except Terminated:
+        raise _fail("terminated; the running trial was recorded as failed, rerun to resume", 143) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; the running trial was recorded as failed, rerun to resume", 130) from None
+
+
+def _optimize(url: str, model: str | None, limit_ms: float, trials: int, study_name: str | None, storage: str,
+              space: SearchSpace | None, seed: int | None, output: Path | None, settings: LoadSettings,
+              json_output: bool) -> None:
+    model = _choose_model(url, model if model is not None or space is None else space.model)
+    if space is None:
+        default = Path("studies") / f"{model}.yaml"
+        space = SearchSpace.from_yaml(default) if default.exists() else SearchSpace()
+    study_name = study_name or f"{model}-p95-{format_ms(limit_ms)}"
+    output = output or Path("studies") / study_name / "config.pbtxt"
+    server = ModelServer(url, model)
+    try:
+        study = open_study(study_name, storage, seed, {"model": model, "max_p95_ms": limit_ms,
+                                                       "space": space.source, **server.server_info()})
+        tuner = Tuner(study, server, LoadGenerator(url, model, settings), space, limit_ms)
+        tuner.enqueue_baseline()
+        progress = [] if json_output else [
+            lambda s, t: typer.echo(trial_line(t, trials, limit_ms), err=True)]
+        if not json_output:
+            typer.echo(f"Tuning {model} on {url}: {trials} trials, p95 limit {limit_ms:g} ms, study {study_name} "
+                       f"in {mask_password(storage)}", err=True)
+        tuner.optimize(trials, callbacks=progress)
+    finally:
+        server.restore()
+        server.close()
+    found = best_config(study, server.original)
+    if found is not None:
+        export(*found, study, output)
+    written = output if found is not None else None
+    if json_output:
+        typer.echo(json.dumps(study_json(study, mask_password(storage), limit_ms, written), indent=2))
+    else:
+        typer.echo(summary(study, limit_ms, written))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    app(prog_name="autotune")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

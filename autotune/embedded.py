@@ -1,0 +1,149 @@
+"""Start the ``tritonserver`` binary that the ``nvidia-pytriton`` wheel ships, as a child of autotune.
+
+The server listens on loopback only, on free ports, dies with its parent (``PR_SET_PDEATHSIG``), and keeps
+its log in a file so that load errors can be quoted back to the user.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from autotune.errors import AutotuneError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _distribution() -> tuple[Path, Path]:
+    """The wheel's ``tritonserver/`` folder and its bundled shared libraries."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise AutotuneError(
+            "the embedded Triton server needs the nvidia-pytriton package (Linux x86_64); "
+            "install it or attach to your own server with --url"
+        )
+    package = Path(spec.origin).parent
+    return package / "tritonserver", package.parent / "nvidia_pytriton.libs"
+
+
+def _prepare_workspace(dist: Path, workspace: Path) -> Path:
+    """Mirror the server folder with symlinks and put this Python's backend stub in place."""
+    server = workspace / "tritonserver"
+    shutil.copytree(dist, server, symlinks=True, copy_function=os.symlink,
+                    ignore=shutil.ignore_patterns("python_backend_stubs", "__pycache__"))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise AutotuneError(f"nvidia-pytriton ships no Python backend stub for Python {version}")
+    os.symlink(stub, server / "backends" / "python" / "triton_python_backend_stub")
+    return server
+
+
+class EmbeddedServer:
+    """A ``tritonserver`` process in explicit model-control mode with no model loaded; a context manager."""
+
+    def __init__(self, model_repository: Path, startup_timeout: float = 120.0) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.startup_timeout = startup_timeout
+        self.grpc_port = _free_port()
+        self._workspace = Path(tempfile.mkdtemp(prefix="autotune-triton-"))
+        self.log_path = self._workspace / "tritonserver.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        dist, libs = _distribution()
+        server = _prepare_workspace(dist, self._workspace)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
+        # The Python backend stub runs the model with the first python3 on PATH: make it ours.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        args = [
+            str(server / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={server / 'backends'}",
+            f"--cache-directory={server / 'caches'}",
+            "--model-control-mode=explicit",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-http=false",
+            "--allow-metrics=false",
+            "--exit-on-error=false",
+        ]
+        with open(self.log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                # Its own session: a Ctrl-C in the terminal reaches autotune, which restores and then stops it.
+                start_new_session=True,
+            )
+        self._wait_until_ready()
+
+    def _wait_until_ready(self) -> None:
+        import tritonclient.grpc as grpcclient
+
+        deadline = time.monotonic() + self.startup_timeout
+        client = grpcclient.InferenceServerClient(self.url)
+        try:
+            while time.monotonic() < deadline:
+                if self._process is None or self._process.poll() is not None:
+                    raise AutotuneError(f"the embedded Triton server exited at start-up: {self.log_tail()}")
+                try:
+                    if client.is_server_live():
+                        return
+                except Exception:
+                    pass
+                time.sleep(0.1)
+        finally:
+            client.close()
+        self.stop()
+        raise AutotuneError(f"the embedded Triton server did not start within {self.startup_timeout:.0f} s")
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines of the server's log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+        shutil.rmtree(self._workspace / "tritonserver", ignore_errors=True)

@@ -1,0 +1,5 @@
+"""The one exception type that the CLI turns into a one-line message instead of a traceback."""
+
+
+class AutotuneError(Exception):
+    """A problem the user can fix: bad input, an unreachable server, a config Triton refuses."""

@@ -1,0 +1,98 @@
+"""Triton model configurations as Triton's own protobuf: read and write ``config.pbtxt``, apply tuned settings.
+
+Nothing here templates text: configs are ``ModelConfig`` messages, parsed and printed with ``text_format`` and
+converted to the JSON form that ``load_model(config=...)`` takes with ``json_format``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelInstanceGroup
+
+from autotune.errors import AutotuneError
+
+__all__ = ["ModelConfig", "ServerParams", "apply", "from_json", "params_of", "read_pbtxt", "to_json", "to_pbtxt"]
+
+
+@dataclass(frozen=True)
+class ServerParams:
+    """The settings autotune tunes that need a model reload (client concurrency is not one of them)."""
+
+    dynamic_batching: bool
+    max_batch_size: int
+    max_queue_delay_microseconds: int = 0
+    preferred_batch_size: tuple[int, ...] = ()
+    instance_count: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "dynamic_batching": self.dynamic_batching,
+            "max_batch_size": self.max_batch_size,
+            "instance_count": self.instance_count,
+        }
+        if self.dynamic_batching:
+            fields["max_queue_delay_microseconds"] = self.max_queue_delay_microseconds
+            fields["preferred_batch_size"] = list(self.preferred_batch_size)
+        return fields
+
+
+def read_pbtxt(path: Path) -> ModelConfig:
+    try:
+        return text_format.Parse(Path(path).read_text(), ModelConfig())
+    except text_format.ParseError as error:
+        raise AutotuneError(f"{path}: not a valid Triton model config: {error}") from None
+
+
+def to_pbtxt(config: ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def from_json(document: dict[str, Any]) -> ModelConfig:
+    """Parse the JSON that ``get_model_config(as_json=True)`` returns (its ``config`` member)."""
+    return json_format.ParseDict(document, ModelConfig(), ignore_unknown_fields=True)
+
+
+def to_json(config: ModelConfig) -> str:
+    """The JSON form of a config that ``InferenceServerClient.load_model(config=...)`` takes."""
+    return json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+def params_of(config: ModelConfig) -> ServerParams:
+    """The tuned settings as a config has them now (the baseline's point in the search space)."""
+    batching = config.HasField("dynamic_batching")
+    return ServerParams(
+        dynamic_batching=batching,
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_microseconds=config.dynamic_batching.max_queue_delay_microseconds if batching else 0,
+        preferred_batch_size=tuple(config.dynamic_batching.preferred_batch_size) if batching else (),
+        instance_count=config.instance_group[0].count if config.instance_group else 1,
+    )
+
+
+def apply(base: ModelConfig, params: ServerParams) -> ModelConfig:
+    """A copy of ``base`` with ``params`` applied; everything else (and the instance kind) is kept.
+
+    The instance count is set on every instance group, so that a ``KIND_GPU`` group spread over several GPUs
+    keeps its per-GPU meaning.
+    """
+    config = ModelConfig()
+    config.CopyFrom(base)
+    config.max_batch_size = params.max_batch_size
+    if params.dynamic_batching:
+        batching = config.dynamic_batching
+        batching.SetInParent()
+        batching.max_queue_delay_microseconds = params.max_queue_delay_microseconds
+        batching.ClearField("preferred_batch_size")
+        batching.preferred_batch_size.extend(params.preferred_batch_size)
+    else:
+        config.ClearField("dynamic_batching")
+    if not config.instance_group:
+        config.instance_group.add(kind=ModelInstanceGroup.KIND_AUTO)
+    for group in config.instance_group:
+        group.count = params.instance_count
+    return config

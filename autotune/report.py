@@ -1,0 +1,115 @@
+"""What a study found, for people and for scripts: a perf_analyzer-style summary, JSON, and the best config.pbtxt."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.model_config import ModelConfig, apply, to_pbtxt
+from autotune.study import baseline_trial, best_trial, is_feasible, trial_params
+
+_METRICS = ("throughput", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "concurrency", "errors")
+
+
+def describe(params: dict[str, Any]) -> str:
+    """One short line for a trial's server settings."""
+    instances = f"{params['instance_count']} instance{'s' if params['instance_count'] != 1 else ''}"
+    if not params["dynamic_batching"]:
+        return f"no dynamic batching, {instances}"
+    preferred = ",".join(map(str, params["preferred_batch_size"])) or "none"
+    delay = params["max_queue_delay_microseconds"]
+    batch = params["max_batch_size"]
+    return f"dynamic batching (max batch {batch}, delay {delay} us, preferred {preferred}), {instances}"
+
+
+def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float) -> str:
+    """The progress line printed as each trial ends."""
+    attrs = trial.user_attrs
+    head = f"[{trial.number + 1}/{n_trials}] trial {trial.number}"
+    settings = describe(attrs["config"]) if "config" in attrs else ""
+    if trial.state != TrialState.COMPLETE:
+        return f"{head} {trial.state.name.lower()}: {attrs.get('fail_reason', 'interrupted')} [{settings}]"
+    verdict = "ok" if is_feasible(trial) else (
+        f"{attrs['errors']} errors" if attrs.get("errors") else f"over the {max_p95_ms:g} ms limit")
+    return (f"{head} concurrency {attrs['concurrency']:>3}: {trial.value:8.1f} infer/sec, p95 {attrs['p95_ms']:7.2f} ms"
+            f" {verdict} [{settings}]")
+
+
+def _pa_line(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    return (f"Concurrency: {attrs['concurrency']}, throughput: {trial.value:.1f} infer/sec, "
+            f"latency p95 {attrs['p95_ms'] * 1000:.0f} usec")
+
+
+def summary(study: optuna.Study, max_p95_ms: float, output: Path | None, top: int = 5) -> str:
+    """The perf_analyzer-style text printed at the end of ``optimize``."""
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name.lower() for t in trials)
+    infeasible = sum(t.state == TrialState.COMPLETE and not is_feasible(t) for t in trials)
+    lines = [f"Study {study.study_name}: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}, "
+             f"{infeasible} over the limit or with errors); p95 limit {max_p95_ms:g} ms"]
+    baseline, best = baseline_trial(study), best_trial(study)
+    if baseline is not None:
+        lines += ["", f"Baseline (trial {baseline.number}, the model as configured): {_pa_line(baseline)}",
+                  f"  {describe(baseline.user_attrs['config'])}"]
+    if best is None:
+        lines += ["", f"No trial met the p95 limit of {max_p95_ms:g} ms without errors."]
+        return "\n".join(lines)
+    gain = f" ({best.value / baseline.value:.2f}x the baseline)" if baseline is not None and baseline.value else ""
+    lines += ["", f"Best (trial {best.number}): {_pa_line(best)}{gain}", f"  {describe(best.user_attrs['config'])}"]
+    ranked = sorted((t for t in trials if is_feasible(t)), key=lambda t: -(t.value or 0.0))[:top]
+    lines += ["", f"Top {len(ranked)} feasible configurations:",
+              f"{'trial':>5} {'conc':>5} {'infer/sec':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  settings"]
+    for trial in ranked:
+        a = trial.user_attrs
+        lines.append(f"{trial.number:>5} {a['concurrency']:>5} {trial.value:>10.1f} {a['p50_ms']:>8.2f} "
+                     f"{a['p95_ms']:>8.2f} {a['p99_ms']:>8.2f}  {describe(a['config'])}")
+    if output is not None:
+        lines += ["", f"Best config written to {output} (run clients at concurrency {best.user_attrs['concurrency']})."]
+    return "\n".join(lines)
+
+
+def trial_json(trial: FrozenTrial | None) -> dict[str, Any] | None:
+    if trial is None:
+        return None
+    metrics = {key: trial.user_attrs.get(key) for key in _METRICS}
+    metrics["throughput"] = trial.value
+    return {"trial": trial.number, **metrics, "config": trial.user_attrs.get("config")}
+
+
+def study_json(study: optuna.Study, storage: str, max_p95_ms: float, output: Path | None) -> dict[str, Any]:
+    """The one JSON document that ``optimize --json`` prints."""
+    baseline, best = baseline_trial(study), best_trial(study)
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "study": study.study_name,
+        "storage": storage,
+        "model": study.user_attrs.get("model"),
+        "max_p95_ms": max_p95_ms,
+        "trials": {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState},
+        "baseline": trial_json(baseline),
+        "best": trial_json(best),
+        "gain": best.value / baseline.value if best and baseline and baseline.value else None,
+        "output": str(output) if output is not None and best is not None else None,
+    }
+
+
+def best_config(study: optuna.Study, base: ModelConfig) -> tuple[ModelConfig, FrozenTrial] | None:
+    best = best_trial(study)
+    if best is None:
+        return None
+    return apply(base, trial_params(best)), best
+
+
+def export(config: ModelConfig, trial: FrozenTrial, study: optuna.Study, path: Path) -> None:
+    """Write a ready-to-deploy config.pbtxt, headed by a comment saying where it came from."""
+    a = trial.user_attrs
+    header = (f"# Tuned by autotune: study {study.study_name}, trial {trial.number}.\n"
+              f"# Measured {trial.value:.1f} infer/sec at client concurrency {a['concurrency']}, "
+              f"p95 {a['p95_ms']:.2f} ms (limit {study.user_attrs.get('max_p95_ms')} ms).\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + to_pbtxt(config))

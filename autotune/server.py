@@ -1,0 +1,128 @@
+"""Control of one model on a running Triton server: reconfigure it in place, verify, restore, read statistics.
+
+The server must run in explicit model-control mode: ``load_model(name, config=...)`` then replaces the model's
+configuration without a restart, and ``load_model(name)`` brings back its ``config.pbtxt``.
+"""
+
+from __future__ import annotations
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from autotune import model_config
+from autotune.errors import AutotuneError
+from autotune.model_config import ModelConfig
+
+
+class ConfigRejected(AutotuneError):
+    """Triton refused to load a configuration (the previous one stays loaded)."""
+
+
+def repository_models(url: str) -> list[str]:
+    """Names of the models in the repository of the server at ``url``."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return sorted(entry["name"] for entry in client.get_model_repository_index(as_json=True).get("models", []))
+    except InferenceServerException as error:
+        raise AutotuneError(f"cannot reach a Triton server at {url}: {_reason(error)}") from None
+    finally:
+        client.close()
+
+
+class ModelServer:
+    """One model on one server. ``original`` is what the server ran before autotune touched it."""
+
+    def __init__(self, url: str, model: str, load_timeout_s: float = 300.0) -> None:
+        self.url = url
+        self.model = model
+        self.load_timeout_s = load_timeout_s
+        self._client = grpcclient.InferenceServerClient(url)
+        try:
+            live = self._client.is_server_live(client_timeout=10)
+        except InferenceServerException as error:
+            raise AutotuneError(f"cannot reach a Triton server at {url}: {_reason(error)}") from None
+        if not live:
+            raise AutotuneError(f"the Triton server at {url} is not live")
+        self.was_loaded = self._client.is_model_ready(model)
+        if not self.was_loaded:
+            names = repository_models(url)
+            if model not in names:
+                raise AutotuneError(
+                    f"unknown model {model!r}; the server's repository has: {', '.join(names) or 'no models'}"
+                )
+            self._load(None)
+        self.original = self.running_config()
+        self._current: ModelConfig | None = self.original
+
+    def server_info(self) -> dict[str, str]:
+        metadata = self._client.get_server_metadata(as_json=True)
+        return {"server_version": metadata.get("version", ""), "server_url": self.url}
+
+    def running_config(self) -> ModelConfig:
+        return model_config.from_json(self._client.get_model_config(self.model, as_json=True)["config"])
+
+    def apply(self, config: ModelConfig) -> None:
+        """Load ``config`` in place and check that the server now runs it; reuses a loaded identical config."""
+        if self._current is not None and _checked(self._current) == _checked(config):
+            return
+        self._current = None
+        self._load(model_config.to_json(config))
+        running = self.running_config()
+        if _checked(running) != _checked(config):
+            raise ConfigRejected(f"Triton kept a different configuration for {self.model} than the one sent")
+        self._current = running
+
+    def restore(self) -> None:
+        """Put the model back as it was: its repository config reloaded, or unloaded if it was not loaded."""
+        if not self.was_loaded:
+            self._client.unload_model(self.model)
+            return
+        self._load(None)
+        if _checked(self.running_config()) != _checked(self.original):
+            self._load(model_config.to_json(self.original))
+        self._current = self.original
+
+    def statistics(self) -> dict[str, float]:
+        """Cumulative server-side counters: requests, executed batches, queue and compute time (ns)."""
+        stats = self._client.get_inference_statistics(self.model, as_json=True)["model_stats"]
+        totals = {"success_count": 0.0, "execution_count": 0.0, "queue_ns": 0.0, "compute_input_ns": 0.0,
+                  "compute_infer_ns": 0.0, "compute_output_ns": 0.0}
+        for version in stats:
+            inference = version.get("inference_stats", {})
+            totals["success_count"] += float(inference.get("success", {}).get("count", 0))
+            totals["execution_count"] += float(version.get("execution_count", 0))
+            for name in ("queue", "compute_input", "compute_infer", "compute_output"):
+                totals[f"{name}_ns"] += float(inference.get(name, {}).get("ns", 0))
+        return totals
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _load(self, config_json: str | None) -> None:
+        try:
+            if config_json is None:
+                self._client.load_model(self.model, client_timeout=self.load_timeout_s)
+            else:
+                self._client.load_model(self.model, config=config_json, client_timeout=self.load_timeout_s)
+        except InferenceServerException as error:
+            raise ConfigRejected(f"Triton refused the configuration of {self.model}: {_reason(error)}") from None
+
+
+def _checked(config: ModelConfig) -> tuple[object, ...]:
+    """The tuned fields of a config, comparable between what was asked and what the server reports.
+
+    Mirrors Triton's normalisation: an empty ``preferred_batch_size`` becomes ``[max_batch_size]``. Instance
+    kinds are left out: the server resolves ``KIND_AUTO`` and fills in GPU lists by itself.
+    """
+    batching = None
+    if config.HasField("dynamic_batching"):
+        normalised = type(config.dynamic_batching)()
+        normalised.CopyFrom(config.dynamic_batching)
+        if not normalised.preferred_batch_size:
+            normalised.preferred_batch_size.append(config.max_batch_size)
+        batching = normalised.SerializeToString(deterministic=True)
+    return config.max_batch_size, batching, tuple(group.count for group in config.instance_group)
+
+
+def _reason(error: InferenceServerException) -> str:
+    return (error.message() or str(error)).strip().splitlines()[0]

@@ -1,0 +1,187 @@
+"""The Optuna study: its storage and sampler, the baseline trial, and the objective that measures one trial.
+
+One trial asks the search space for server settings and a concurrency, has the server load them, measures
+with the load generator and records everything as user attributes. The p95 limit and request errors are
+constraints that the sampler honours, not a filter applied afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.errors import AutotuneError
+from autotune.loadgen import LoadGenerator, Measurement
+from autotune.model_config import ModelConfig, ServerParams, apply, params_of
+from autotune.server import ModelServer
+from autotune.space import SearchSpace
+
+DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# optuna-dashboard reads feasibility only from this list-valued system attribute; Optuna's samplers read it too.
+CONSTRAINTS_KEY = "constraints"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that Optuna records the running trial as failed."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def open_study(name: str, storage: str, seed: int | None, attrs: dict[str, object]) -> optuna.Study:
+    """Create or resume the study; refuse to mix trials measured under a different model or limit."""
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        existing = optuna.get_all_study_names(storage)
+        finished = 0
+        if name in existing:
+            finished = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+        # On resume, a fixed seed is shifted so the random start-up trials do not repeat the first run's.
+        sampler = optuna.samplers.TPESampler(
+            multivariate=True, group=True, constant_liar=True,
+            seed=None if seed is None else seed + finished,
+        )
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+        )
+    except (ImportError, ValueError, optuna.exceptions.OptunaError) as error:
+        raise AutotuneError(f"cannot open storage {mask_password(storage)}: {error}") from None
+    except Exception as error:  # SQLAlchemy's connection errors, whose types depend on the installed driver
+        raise AutotuneError(f"cannot open storage {mask_password(storage)}: {str(error).splitlines()[0]}") from None
+    for key, value in attrs.items():
+        recorded = study.user_attrs.get(key)
+        if recorded is None:
+            study.set_user_attr(key, value)
+        elif key in ("model", "max_p95_ms") and recorded != value:
+            raise AutotuneError(
+                f"study {name!r} was run with {key} = {recorded}, not {value}; choose another --study"
+            )
+    return study
+
+
+def mask_password(url: str) -> str:
+    """A storage URL fit to print: any password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and all(c <= 0 for c in trial.system_attrs.get(CONSTRAINTS_KEY, [1]))
+
+
+def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return next((t for t in completed if t.user_attrs.get("baseline")), None)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The feasible trial with the highest throughput (Optuna's ``best_trial`` ignores constraints here)."""
+    feasible = [t for t in study.get_trials(deepcopy=False) if is_feasible(t)]
+    return max(feasible, key=lambda t: t.value or 0.0) if feasible else None
+
+
+def trial_params(trial: FrozenTrial) -> ServerParams:
+    """The server settings a trial ran with, as recorded in its user attributes."""
+    recorded = dict(trial.user_attrs["config"])
+    recorded["preferred_batch_size"] = tuple(recorded.get("preferred_batch_size", ()))
+    return ServerParams(**recorded)
+
+
+@dataclass
+class Tuner:
+    """Runs the trials of one study against one model on one server."""
+
+    study: optuna.Study
+    server: ModelServer
+    loadgen: LoadGenerator
+    space: SearchSpace
+    max_p95_ms: float
+
+    @property
+    def base(self) -> ModelConfig:
+        return self.server.original
+
+    def enqueue_baseline(self) -> None:
+        """The model as configured, at the Triton guide's rule-of-thumb concurrency 2 x batch x instances."""
+        if any(t.user_attrs.get("baseline") for t in self.study.get_trials(deepcopy=False)):
+            return
+        params = params_of(self.base)
+        batch = params.max_batch_size if params.dynamic_batching else 1
+        concurrency = self.space.clamp_concurrency(2 * batch * params.instance_count)
+        self.study.enqueue_trial({"concurrency": concurrency}, user_attrs={"baseline": True})
+
+    def optimize(self, n_trials: int, callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> None:
+        """Run trials until the study holds ``n_trials`` finished ones (a resumed study tops up)."""
+        remaining = n_trials - len(self.study.get_trials(deepcopy=False, states=FINISHED))
+        if remaining <= 0:
+            return
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            self.study.optimize(
+                self, n_trials=remaining, catch=(AutotuneError,),
+                callbacks=[MaxTrialsCallback(n_trials, states=FINISHED), *callbacks],
+            )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if trial.user_attrs.get("baseline"):
+            params, config = params_of(self.base), self.base
+        else:
+            params = self.space.suggest(trial, self.base)
+            config = apply(self.base, params)
+        concurrency = self.space.suggest_concurrency(trial)
+        trial.set_user_attr("config", params.as_dict())
+        try:
+            self.server.apply(config)
+        except AutotuneError as error:
+            trial.set_user_attr("fail_reason", str(error))
+            raise
+        before = self.server.statistics()
+        measurement = self.loadgen.measure(concurrency)
+        _record(trial, measurement, before, self.server.statistics())
+        if measurement.requests == 0:
+            reason = f"no request succeeded: {measurement.first_error or 'no reply within the window'}"
+            trial.set_user_attr("fail_reason", reason)
+            raise AutotuneError(reason)
+        _set_constraints(trial, [measurement.p95_ms - self.max_p95_ms, float(measurement.errors)])
+        return measurement.throughput
+
+
+def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, float], after: dict[str, float]) -> None:
+    for key, value in measurement.as_dict().items():
+        if key in ("throughput", "p50_ms", "p90_ms", "p95_ms", "p99_ms") and not math.isfinite(value):
+            continue
+        trial.set_user_attr(key, round(value, 4) if isinstance(value, float) else value)
+    delta = {key: after[key] - before[key] for key in after}
+    executions = delta["execution_count"]
+    requests = delta["success_count"]
+    trial.set_user_attr("server_batches", int(executions))
+    if executions and requests:
+        trial.set_user_attr("server_avg_batch_size", round(requests / executions, 3))
+        for name in ("queue", "compute_input", "compute_infer", "compute_output"):
+            trial.set_user_attr(f"server_{name}_ms", round(delta[f"{name}_ns"] / requests / 1e6, 4))
+
+
+def _set_constraints(trial: optuna.Trial, values: list[float]) -> None:
+    """Store constraints in the list form that both Optuna's samplers and optuna-dashboard read.
+
+    ``Trial.set_constraint`` (Optuna 5) writes one key per constraint, which optuna-dashboard 0.21 ignores.
+    """
+    trial.storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, values)
