@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 from autotune.errors import AutotuneError
 
 _PR_SET_PDEATHSIG = 1
+_ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+ +\d+ [^\]]+\] (.*)$")
 
 
 def _die_with_parent() -> None:
@@ -100,6 +102,8 @@ class EmbeddedServer:
             "--allow-http=false",
             "--allow-metrics=false",
             "--exit-on-error=false",
+            # A model whose instance failed to initialise can hold shutdown for the default 30 s.
+            "--exit-timeout-secs=5",
         ]
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
@@ -136,6 +140,15 @@ class EmbeddedServer:
         except OSError:
             return ""
         return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+    def last_error(self) -> str:
+        """The message of the server's latest error line: why a load failed, when the reply says only 'failed'."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        errors = [line for line in lines if _ERROR_LINE.match(line)]
+        return _ERROR_LINE.match(errors[-1]).group(1).strip('"') if errors else ""
 
     def stop(self, timeout: float = 30.0) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -6,6 +6,8 @@ configuration without a restart, and ``load_model(name)`` brings back its ``conf
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
@@ -32,9 +34,13 @@ def repository_models(url: str) -> list[str]:
 class ModelServer:
     """One model on one server. ``original`` is what the server ran before autotune touched it."""
 
-    def __init__(self, url: str, model: str, load_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, url: str, model: str, load_timeout_s: float = 300.0, explain: Callable[[], str] | None = None
+    ) -> None:
+        """``explain`` returns the server's own account of its last error, where autotune can read its log."""
         self.url = url
         self.model = model
+        self._explain = explain
         self.load_timeout_s = load_timeout_s
         self._client = grpcclient.InferenceServerClient(url)
         try:
@@ -105,7 +111,11 @@ class ModelServer:
             else:
                 self._client.load_model(self.model, config=config_json, client_timeout=self.load_timeout_s)
         except InferenceServerException as error:
-            raise ConfigRejected(f"Triton refused the configuration of {self.model}: {_reason(error)}") from None
+            reason = _reason(error)
+            detail = self._explain() if self._explain is not None else ""
+            if detail and detail not in reason:
+                reason = f"{reason}: {detail}"
+            raise ConfigRejected(f"Triton refused the configuration of {self.model}: {reason}") from None
 
 
 def _checked(config: ModelConfig) -> tuple[object, ...]:

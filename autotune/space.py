@@ -41,6 +41,11 @@ class SearchSpace:
     concurrency: IntRange = IntRange(1, 64)
     source: str = field(default="built-in defaults", compare=False)
 
+    def __post_init__(self) -> None:
+        if self.max_batch_size is not None and not self.batch_sizes(ModelConfig()):
+            raise ValueError(f"max_batch_size: {self.max_batch_size.low}..{self.max_batch_size.high} "
+                             "holds no power of two")
+
     @classmethod
     def from_yaml(cls, path: Path) -> SearchSpace:
         try:
@@ -82,8 +87,7 @@ class SearchSpace:
         """Powers of two from 1 up to the model's own ``max_batch_size`` (or the space's bound)."""
         low, high = (1, base.max_batch_size) if self.max_batch_size is None else (
             self.max_batch_size.low, self.max_batch_size.high)
-        sizes = [1 << k for k in range(high.bit_length()) if low <= 1 << k <= high]
-        return sizes or [base.max_batch_size]
+        return [1 << k for k in range(high.bit_length()) if low <= 1 << k <= high]
 
     def suggest(self, trial: optuna.Trial, base: ModelConfig) -> ServerParams:
         """Ask the trial for one valid set of server settings for ``base``."""

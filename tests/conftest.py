@@ -1,0 +1,72 @@
+"""Fixtures: a real embedded Triton server over the shipped models plus two made here for failure paths."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from autotune.embedded import EmbeddedServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Loads only while dynamic batching stays at max_batch_size 1 or off: Triton refuses anything else.
+PICKY_MODEL = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        if "dynamic_batching" in config and config["max_batch_size"] > 1:
+            raise ValueError("picky refuses max_batch_size above 1 with dynamic batching")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", np.zeros((1, 1), np.float32))])
+                for _ in requests]
+'''
+
+# Loads fine and fails every request.
+BROKEN_MODEL = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError("broken on purpose")) for _ in requests]
+'''
+
+SMALL_CONFIG = '''
+name: "{name}"
+backend: "python"
+max_batch_size: 8
+input [ {{ name: "INPUT", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+output [ {{ name: "OUTPUT", data_type: TYPE_FP32, dims: [ 1 ] }} ]
+instance_group [ {{ count: 1, kind: KIND_CPU }} ]
+'''
+
+
+def make_repository(path: Path) -> Path:
+    """The shipped model repository plus the test-only models ``picky`` and ``broken``."""
+    shutil.copytree(ROOT / "model_repository", path)
+    for name, code in (("picky", PICKY_MODEL), ("broken", BROKEN_MODEL)):
+        (path / name / "1").mkdir(parents=True)
+        (path / name / "config.pbtxt").write_text(SMALL_CONFIG.format(name=name))
+        (path / name / "1" / "model.py").write_text(code)
+    return path
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_repository(tmp_path_factory.mktemp("repo") / "model_repository")
+
+
+@pytest.fixture(scope="session")
+def triton(repository: Path) -> Iterator[EmbeddedServer]:
+    """One real server for the session; every test leaves its models as it found them."""
+    with EmbeddedServer(repository) as server:
+        yield server

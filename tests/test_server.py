@@ -1,0 +1,74 @@
+"""ModelServer against a real embedded Triton server."""
+
+import pytest
+
+from autotune.embedded import EmbeddedServer
+from autotune.errors import AutotuneError
+from autotune.model_config import ServerParams, apply, params_of
+from autotune.server import ConfigRejected, ModelServer
+
+
+@pytest.fixture
+def mlp(triton: EmbeddedServer):
+    """mlp as a user's server would have it: loaded from its config.pbtxt before autotune attaches."""
+    loader = ModelServer(triton.url, "mlp")
+    server = ModelServer(triton.url, "mlp", explain=triton.last_error)
+    yield server
+    server.restore()
+    server.close()
+    loader.restore()
+    loader.close()
+
+
+def test_a_config_is_loaded_in_place_and_verified(mlp: ModelServer) -> None:
+    wanted = ServerParams(True, 8, 500, (4,), 2)
+    mlp.apply(apply(mlp.original, wanted))
+    assert params_of(mlp.running_config()) == wanted
+
+
+def test_restore_brings_back_the_repository_config(mlp: ModelServer) -> None:
+    mlp.apply(apply(mlp.original, ServerParams(True, 4, 100, (), 3)))
+    mlp.restore()
+    assert mlp.was_loaded
+    assert params_of(mlp.running_config()) == params_of(mlp.original)
+    assert not mlp.running_config().HasField("dynamic_batching")
+
+
+def test_a_config_triton_refuses_raises_and_the_old_one_keeps_serving(mlp: ModelServer) -> None:
+    refused = apply(mlp.original, ServerParams(True, 8, 100, (16,), 1))
+    with pytest.raises(ConfigRejected, match="preferred size must be <= max batch size"):
+        mlp.apply(refused)
+    assert params_of(mlp.running_config()) == params_of(mlp.original)
+
+
+def test_a_model_that_fails_to_initialise_is_a_rejected_config(triton: EmbeddedServer) -> None:
+    picky = ModelServer(triton.url, "picky")
+    try:
+        with pytest.raises(ConfigRejected, match="picky refuses"):
+            picky.apply(apply(picky.original, ServerParams(True, 4, 100, (), 1)))
+    finally:
+        picky.restore()
+        picky.close()
+
+
+def test_a_model_not_loaded_before_is_unloaded_again(triton: EmbeddedServer) -> None:
+    server = ModelServer(triton.url, "wide_mlp")
+    assert not server.was_loaded
+    server.restore()
+    server.close()
+    assert not ModelServer(triton.url, "wide_mlp").was_loaded
+
+
+def test_unknown_models_are_named_with_the_ones_that_exist(triton: EmbeddedServer) -> None:
+    with pytest.raises(AutotuneError, match=r"unknown model 'nope'.*mlp"):
+        ModelServer(triton.url, "nope")
+
+
+def test_an_unreachable_server_is_a_clear_error() -> None:
+    with pytest.raises(AutotuneError, match=r"cannot reach a Triton server at 127\.0\.0\.1:1"):
+        ModelServer("127.0.0.1:1", "mlp")
+
+
+def test_statistics_count_requests_and_batches(mlp: ModelServer) -> None:
+    stats = mlp.statistics()
+    assert {"success_count", "execution_count", "queue_ns", "compute_infer_ns"} <= set(stats)

@@ -1,0 +1,109 @@
+from pathlib import Path
+
+import optuna
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autotune.errors import AutotuneError
+from autotune.model_config import ModelConfig
+from autotune.space import IntRange, SearchSpace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+powers_of_two = st.tuples(st.integers(0, 3), st.integers(3, 7)).map(lambda e: IntRange(2 ** e[0], 2 ** e[1]))
+
+
+@st.composite
+def spaces(draw: st.DrawFn) -> SearchSpace:
+    def int_range(low_floor: int, top: int) -> IntRange:
+        low = draw(st.integers(low_floor, top))
+        return IntRange(low, draw(st.integers(low, top)))
+
+    return SearchSpace(
+        dynamic_batching=tuple(draw(st.sets(st.booleans(), min_size=1))),
+        max_queue_delay_microseconds=int_range(2, 50_000),
+        max_batch_size=draw(st.none() | powers_of_two),
+        preferred_batch_size=tuple(draw(st.sets(st.sampled_from(["none", "half"]), min_size=1))),
+        instance_count=int_range(1, 8),
+        concurrency=int_range(1, 256),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(space=spaces(), model_max_batch=st.integers(0, 128), seed=st.integers(0, 2**16))
+def test_every_sampled_setting_is_valid_for_the_model(space: SearchSpace, model_max_batch: int, seed: int) -> None:
+    base = ModelConfig(name="m", max_batch_size=model_max_batch)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    for _ in range(5):
+        trial = study.ask()
+        params = space.suggest(trial, base)
+        concurrency = space.suggest_concurrency(trial)
+        assert space.concurrency.low <= concurrency <= space.concurrency.high
+        assert space.instance_count.low <= params.instance_count <= space.instance_count.high
+        if model_max_batch == 0:
+            assert not params.dynamic_batching and params.max_batch_size == 0
+        if not params.dynamic_batching:
+            assert params.max_batch_size == model_max_batch
+            continue
+        assert params.max_batch_size >= 1 and params.max_batch_size & (params.max_batch_size - 1) == 0
+        assert params.max_batch_size in space.batch_sizes(base)
+        assert all(1 <= size <= params.max_batch_size for size in params.preferred_batch_size)
+        delay = params.max_queue_delay_microseconds
+        assert delay == 0 or space.max_queue_delay_microseconds.low <= delay <= space.max_queue_delay_microseconds.high
+        study.tell(trial, 1.0)
+
+
+def test_batch_sizes_are_powers_of_two_up_to_the_models_limit() -> None:
+    assert SearchSpace().batch_sizes(ModelConfig(max_batch_size=32)) == [1, 2, 4, 8, 16, 32]
+    assert SearchSpace().batch_sizes(ModelConfig(max_batch_size=12)) == [1, 2, 4, 8]
+    bounded = SearchSpace(max_batch_size=IntRange(4, 16))
+    assert bounded.batch_sizes(ModelConfig(max_batch_size=64)) == [4, 8, 16]
+
+
+def test_zero_delay_is_part_of_the_delay_scale() -> None:
+    space = SearchSpace(dynamic_batching=(True,))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    delays = {space.suggest(study.ask(), ModelConfig(max_batch_size=8)).max_queue_delay_microseconds
+              for _ in range(200)}
+    assert 0 in delays
+    assert max(delays) > 5_000
+
+
+def test_shipped_spaces_load() -> None:
+    for path in (ROOT / "studies").glob("*.yaml"):
+        space = SearchSpace.from_yaml(path)
+        assert space.model == path.stem
+        assert (ROOT / "model_repository" / space.model / "config.pbtxt").exists()
+
+
+def test_missing_keys_keep_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text("concurrency: {high: 8}\n")
+    space = SearchSpace.from_yaml(path)
+    assert space.concurrency == IntRange(1, 8)
+    assert space.instance_count == SearchSpace().instance_count
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("concurrency: [1, 2", "malformed YAML"),
+        ("concurency: {high: 8}", "unknown setting 'concurency'"),
+        ("concurrency: {low: 8, high: 2}", "low <= high"),
+        ("concurrency: {high: many}", "whole numbers"),
+        ("dynamic_batching: [yes, maybe]", "dynamic_batching"),
+        ("preferred_batch_size: [all]", "preferred_batch_size"),
+        ("max_queue_delay_microseconds: {low: 1}", "2 <= low"),
+        ("- just a list", "mapping"),
+        ("max_batch_size: {low: 5, high: 7}", "no power of two"),
+    ],
+)
+def test_bad_spaces_are_refused_with_the_file_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(AutotuneError, match=message) as error:
+        SearchSpace.from_yaml(path)
+    assert str(path) in str(error.value)
+    assert "\n" not in str(error.value)
