@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 from autotune.embedded import EmbeddedServer
 from autotune.errors import AutotuneError
 from autotune.loadgen import LoadGenerator, LoadSettings
+from autotune.model_config import ModelConfig
 from autotune.report import best_config, export, study_json, summary, trial_line
 from autotune.server import ModelServer, repository_models
 from autotune.space import SearchSpace
@@ -98,11 +99,17 @@ def optimize(
         search_space = SearchSpace.from_yaml(space) if space is not None else None
         with _server(url, model_repository) as (server_url, embedded):
             try:
-                _optimize(server_url, model, limit_ms, trials, study_name, storage, search_space, seed, output,
-                          settings, json_output)
+                name = _choose_model(server_url, model or (search_space.model if search_space else None))
+                search_space = search_space or _default_space(name)
+                study_name = study_name or f"{name}-p95-{format_ms(limit_ms)}"
+                server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
+                study = _tune(server, LoadGenerator(server_url, name, settings), search_space, study_name=study_name,
+                              storage=storage, seed=seed, limit_ms=limit_ms, trials=trials, quiet=json_output)
             except InferenceServerException as error:
                 log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
                 raise AutotuneError(f"lost the Triton server at {server_url}: {error.message()}{log}") from None
+        _report(study, server.original, storage, limit_ms, output or Path("studies") / study_name / "config.pbtxt",
+                json_output)
     except AutotuneError as error:
         raise _fail(str(error)) from None
     except Terminated:
@@ -111,31 +118,33 @@ def optimize(
         raise _fail("interrupted; the running trial was recorded as failed, rerun to resume", 130) from None
 
 
-def _optimize(url: str, model: str | None, limit_ms: float, trials: int, study_name: str | None, storage: str,
-              space: SearchSpace | None, seed: int | None, output: Path | None, settings: LoadSettings,
-              json_output: bool) -> None:
-    model = _choose_model(url, model if model is not None or space is None else space.model)
-    if space is None:
-        default = Path("studies") / f"{model}.yaml"
-        space = SearchSpace.from_yaml(default) if default.exists() else SearchSpace()
-    study_name = study_name or f"{model}-p95-{format_ms(limit_ms)}"
-    output = output or Path("studies") / study_name / "config.pbtxt"
-    server = ModelServer(url, model)
+def _default_space(model: str) -> SearchSpace:
+    path = Path("studies") / f"{model}.yaml"
+    return SearchSpace.from_yaml(path) if path.exists() else SearchSpace()
+
+
+def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
+          seed: int | None, limit_ms: float, trials: int, quiet: bool) -> optuna.Study:
+    """Run the study's trials; whatever happens, the model goes back to how the server had it."""
     try:
-        study = open_study(study_name, storage, seed, {"model": model, "max_p95_ms": limit_ms,
-                                                       "space": space.source, **server.server_info()})
-        tuner = Tuner(study, server, LoadGenerator(url, model, settings), space, limit_ms)
+        attrs = {"model": server.model, "max_p95_ms": limit_ms, "space": space.source, **server.server_info()}
+        study = open_study(study_name, storage, seed, attrs)
+        tuner = Tuner(study, server, loadgen, space, limit_ms)
         tuner.enqueue_baseline()
-        progress = [] if json_output else [
-            lambda s, t: typer.echo(trial_line(t, trials, limit_ms), err=True)]
-        if not json_output:
-            typer.echo(f"Tuning {model} on {url}: {trials} trials, p95 limit {limit_ms:g} ms, study {study_name} "
-                       f"in {mask_password(storage)}", err=True)
+        progress = [] if quiet else [lambda _, trial: typer.echo(trial_line(trial, trials, limit_ms), err=True)]
+        if not quiet:
+            typer.echo(f"Tuning {server.model} on {server.url}: {trials} trials, p95 limit {limit_ms:g} ms, "
+                       f"study {study_name} in {mask_password(storage)}", err=True)
         tuner.optimize(trials, callbacks=progress)
     finally:
         server.restore()
         server.close()
-    found = best_config(study, server.original)
+    return study
+
+
+def _report(study: optuna.Study, base: ModelConfig, storage: str, limit_ms: float, output: Path,
+            json_output: bool) -> None:
+    found = best_config(study, base)
     if found is not None:
         export(*found, study, output)
     written = output if found is not None else None

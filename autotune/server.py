@@ -135,4 +135,6 @@ def _checked(config: ModelConfig) -> tuple[object, ...]:
 
 
 def _reason(error: InferenceServerException) -> str:
-    return (error.message() or str(error)).strip().splitlines()[0]
+    """The first line of Triton's message; its Python-backend tracebacks come with escaped newlines."""
+    message = (error.message() or str(error)).strip()
+    return message.replace("\\n", "\n").splitlines()[0].strip() if message else "no reason given"

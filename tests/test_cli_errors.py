@@ -1,0 +1,64 @@
+"""Bad input gets one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+
+def autotune_error(*args: str, cwd: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "autotune", *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("autotune: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("limit", ["fast", "200", "200 parsecs", "-1ms"])
+def test_a_limit_without_a_valid_unit(tmp_path: Path, limit: str) -> None:
+    assert "--max-p95" in autotune_error("optimize", "--max-p95", limit, cwd=tmp_path)
+
+
+def test_malformed_yaml(tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text("concurrency: {low: 1, high: [8\n")
+    message = autotune_error("optimize", "--max-p95", "10ms", "--space", "space.yaml", cwd=tmp_path)
+    assert "space.yaml: malformed YAML" in message
+
+
+def test_an_unreachable_server(tmp_path: Path) -> None:
+    message = autotune_error("optimize", "--max-p95", "10ms", "--url", "127.0.0.1:1", cwd=tmp_path)
+    assert "cannot reach a Triton server at 127.0.0.1:1" in message
+
+
+def test_an_unknown_model_lists_the_repositorys_models(repository: Path, tmp_path: Path) -> None:
+    message = autotune_error("optimize", "--max-p95", "10ms", "--model", "resnet", "--model-repository",
+                             str(repository), cwd=tmp_path)
+    assert "unknown model 'resnet'" in message
+    assert "mlp" in message and "wide_mlp" in message
+
+
+def test_a_missing_model_repository(tmp_path: Path) -> None:
+    message = autotune_error("optimize", "--max-p95", "10ms", "--model-repository", "nowhere", cwd=tmp_path)
+    assert "model repository nowhere is not a directory" in message
+
+
+def test_a_storage_url_that_cannot_be_opened(triton, tmp_path: Path) -> None:
+    message = autotune_error("optimize", "--max-p95", "10ms", "--url", triton.url,
+                             "--storage", "postgresql://tuner:secret@127.0.0.1:1/studies", cwd=tmp_path)
+    assert "cannot open storage postgresql://tuner:***@127.0.0.1:1/studies" in message
+    assert "secret" not in message
+
+
+def test_resuming_a_study_with_another_limit(triton, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'db'}"
+    optuna.create_study(study_name="mine", storage=storage).set_user_attr("max_p95_ms", 50.0)
+    message = autotune_error("optimize", "--max-p95", "10ms", "--url", triton.url, "--storage", storage,
+                             "--study", "mine", "--model", "mlp", cwd=tmp_path)
+    assert "study 'mine' was run with max_p95_ms = 50.0, not 10.0" in message

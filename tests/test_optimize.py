@@ -1,0 +1,201 @@
+"""``autotune optimize`` end to end, as a user runs it, against real Triton servers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autotune.embedded import EmbeddedServer
+from autotune.model_config import params_of
+from autotune.server import ModelServer
+
+QUICK = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3"]
+
+
+def autotune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autotune", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def small_space(tmp_path: Path, **overrides: str) -> Path:
+    lines = {"concurrency": "{low: 1, high: 8}", "instance_count": "{low: 1, high: 2}", **overrides}
+    path = tmp_path / "space.yaml"
+    path.write_text("".join(f"{key}: {value}\n" for key, value in lines.items()))
+    return path
+
+
+def load(storage: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_the_default_run_tunes_the_demo_model_and_exports_a_config_tritonserver_loads(
+    repository: Path, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    result = autotune("optimize", "--max-p95", "50ms", "--trials", "4", "--model-repository", str(repository),
+                      "--storage", storage, "--space", str(small_space(tmp_path)), "--json", *QUICK, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["study"] == "mlp-p95-50ms"
+    assert report["trials"]["complete"] + report["trials"]["fail"] == 4
+    assert report["baseline"]["config"] == {"dynamic_batching": False, "max_batch_size": 32, "instance_count": 1}
+    best = report["best"]
+    assert best["p95_ms"] <= 50 and best["errors"] == 0
+    assert {"throughput", "p50_ms", "p95_ms", "p99_ms", "concurrency", "config"} <= set(best)
+    exported = Path(tmp_path / report["output"])
+    assert exported == tmp_path / "studies" / "mlp-p95-50ms" / "config.pbtxt"
+
+    deploy = tmp_path / "deploy"
+    shutil.copytree(repository / "mlp", deploy / "mlp")
+    shutil.copy(exported, deploy / "mlp" / "config.pbtxt")
+    with EmbeddedServer(deploy) as server:
+        model = ModelServer(server.url, "mlp")
+        running = params_of(model.running_config())
+        model.close()
+    assert running.as_dict() == best["config"]
+
+
+def test_a_rerun_resumes_the_study_and_leaves_the_model_as_it_was(triton: EmbeddedServer, tmp_path: Path) -> None:
+    holder = ModelServer(triton.url, "mlp")
+    before = holder.running_config()
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    common = ["--max-p95", "50ms", "--url", triton.url, "--storage", storage, "--study", "resume",
+              "--space", str(small_space(tmp_path)), "--seed", "7", *QUICK]
+    first = autotune("optimize", "--trials", "3", *common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    first_trials = [(t.number, t.params) for t in load(storage, "resume").trials]
+
+    second = autotune("optimize", "--trials", "5", *common, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    trials = load(storage, "resume").trials
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert [(t.number, t.params) for t in trials[:3]] == first_trials
+    assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
+    assert holder.running_config() == before
+    holder.restore()
+    holder.close()
+
+
+def test_the_p95_limit_is_a_constraint_both_optuna_and_the_dashboard_read(
+    triton: EmbeddedServer, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    space = small_space(tmp_path, concurrency="{low: 1, high: 32}")
+    result = autotune("optimize", "--max-p95", "4ms", "--trials", "5", "--url", triton.url, "--storage", storage,
+                      "--space", str(space), "--seed", "3", *QUICK, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    complete = load(storage, "mlp-p95-4ms").get_trials(states=(TrialState.COMPLETE,))
+    assert complete
+    for trial in complete:
+        # optuna-dashboard 0.21 reads only this list; Optuna's samplers read it through FrozenTrial.constraints.
+        p95_excess, errors = trial.system_attrs["constraints"]
+        assert p95_excess == pytest.approx(trial.user_attrs["p95_ms"] - 4.0, abs=1e-3)
+        assert errors == trial.user_attrs["errors"]
+        assert list(trial.constraints.values()) == [p95_excess, errors]
+
+
+def test_a_config_the_server_refuses_fails_its_trial_and_the_study_goes_on(
+    triton: EmbeddedServer, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    space = small_space(tmp_path, dynamic_batching="[true]", max_batch_size="{low: 1, high: 8}")
+    result = autotune("optimize", "--model", "picky", "--max-p95", "1s", "--trials", "6", "--url", triton.url,
+                      "--storage", storage, "--space", str(space), "--seed", "1", *QUICK, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = load(storage, "picky-p95-1000ms").trials
+    assert len(trials) == 6
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed, "the seeded study should have asked for a max_batch_size that picky refuses"
+    assert all("picky refuses" in t.user_attrs["fail_reason"] for t in failed)
+    assert "picky refuses" in result.stderr
+    assert not ModelServer(triton.url, "picky").was_loaded
+
+
+def test_ctrl_c_records_the_trial_as_failed_restores_the_model_and_a_rerun_finishes(
+    triton: EmbeddedServer, tmp_path: Path
+) -> None:
+    holder = ModelServer(triton.url, "mlp")
+    before = holder.running_config()
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    args = [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "3", "--url", triton.url,
+            "--storage", storage, "--study", "interrupted", "--space", str(small_space(tmp_path)),
+            "--window", "1s", "--warmup", "1s"]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+        t.state == TrialState.RUNNING for t in _trials_if_any(storage, "interrupted")
+    ):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("autotune: error: interrupted")
+    assert "Traceback" not in stderr
+    assert [t.state for t in load(storage, "interrupted").trials] == [TrialState.FAIL]
+    assert holder.running_config() == before
+
+    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    states = [t.state for t in load(storage, "interrupted").trials]
+    assert states.count(TrialState.COMPLETE) == 2 and states[0] == TrialState.FAIL
+    holder.restore()
+    holder.close()
+
+
+def _trials_if_any(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return load(storage, name).trials
+    except KeyError:
+        return []
+
+
+def test_the_embedded_server_does_not_outlive_autotune(repository: Path, tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "50",
+            "--model-repository", str(repository), "--storage", f"sqlite:///{tmp_path / 'db'}", *QUICK]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _children(process.pid):
+        time.sleep(0.2)
+    servers = _children(process.pid)
+    assert servers, "autotune should have started tritonserver"
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in servers):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in servers)
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids of ``tritonserver`` processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1: stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            if name == "tritonserver" and int(rest[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
