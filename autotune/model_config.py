@@ -63,13 +63,14 @@ def to_json(config: ModelConfig) -> str:
 
 
 def params_of(config: ModelConfig) -> ServerParams:
-    """The tuned settings as a config has them now (the baseline's point in the search space)."""
+    """The tuned settings as the server runs them: Triton reads no ``preferred_batch_size`` as ``[max_batch_size]``."""
     batching = config.HasField("dynamic_batching")
+    preferred = tuple(config.dynamic_batching.preferred_batch_size) or (config.max_batch_size,)
     return ServerParams(
         dynamic_batching=batching,
         max_batch_size=config.max_batch_size,
         max_queue_delay_microseconds=config.dynamic_batching.max_queue_delay_microseconds if batching else 0,
-        preferred_batch_size=tuple(config.dynamic_batching.preferred_batch_size) if batching else (),
+        preferred_batch_size=preferred if batching else (),
         instance_count=config.instance_group[0].count if config.instance_group else 1,
     )
 

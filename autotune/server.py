@@ -121,17 +121,9 @@ class ModelServer:
 def _checked(config: ModelConfig) -> tuple[object, ...]:
     """The tuned fields of a config, comparable between what was asked and what the server reports.
 
-    Mirrors Triton's normalisation: an empty ``preferred_batch_size`` becomes ``[max_batch_size]``. Instance
-    kinds are left out: the server resolves ``KIND_AUTO`` and fills in GPU lists by itself.
+    Instance kinds are left out: the server resolves ``KIND_AUTO`` and fills in GPU lists by itself.
     """
-    batching = None
-    if config.HasField("dynamic_batching"):
-        normalised = type(config.dynamic_batching)()
-        normalised.CopyFrom(config.dynamic_batching)
-        if not normalised.preferred_batch_size:
-            normalised.preferred_batch_size.append(config.max_batch_size)
-        batching = normalised.SerializeToString(deterministic=True)
-    return config.max_batch_size, batching, tuple(group.count for group in config.instance_group)
+    return model_config.params_of(config), tuple(group.count for group in config.instance_group)
 
 
 def _reason(error: InferenceServerException) -> str:

@@ -17,9 +17,9 @@ import yaml
 from autotune.errors import AutotuneError
 from autotune.model_config import ModelConfig, ServerParams
 
-# "none" lets the batcher form batches as large as it can (Triton records it as [max_batch_size]);
+# "max" forms batches as large as max_batch_size (Triton's own default when none is given);
 # "half" dispatches as soon as half a batch is queued, trading batch size for latency.
-PREFERRED_CHOICES = ("none", "half")
+PREFERRED_CHOICES = ("max", "half")
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ class SearchSpace:
         if "dynamic_batching" in document:
             values["dynamic_batching"] = _choices("dynamic_batching", document["dynamic_batching"], (True, False))
         if "preferred_batch_size" in document:
-            choices = ["none" if c is None else c for c in _as_list(document["preferred_batch_size"])]
-            values["preferred_batch_size"] = _choices("preferred_batch_size", choices, PREFERRED_CHOICES)
+            values["preferred_batch_size"] = _choices(
+                "preferred_batch_size", document["preferred_batch_size"], PREFERRED_CHOICES)
         for name, low_floor in (("max_queue_delay_microseconds", 2), ("instance_count", 1),
                                 ("concurrency", 1), ("max_batch_size", 1)):
             if name in document:
@@ -116,9 +116,7 @@ class SearchSpace:
 
 
 def _preferred(choice: str, max_batch: int) -> tuple[int, ...]:
-    if choice == "half":
-        return (max(1, max_batch // 2),)
-    return ()
+    return (max(1, max_batch // 2),) if choice == "half" else (max_batch,)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -25,7 +25,7 @@ def spaces(draw: st.DrawFn) -> SearchSpace:
         dynamic_batching=tuple(draw(st.sets(st.booleans(), min_size=1))),
         max_queue_delay_microseconds=int_range(2, 50_000),
         max_batch_size=draw(st.none() | powers_of_two),
-        preferred_batch_size=tuple(draw(st.sets(st.sampled_from(["none", "half"]), min_size=1))),
+        preferred_batch_size=tuple(draw(st.sets(st.sampled_from(["max", "half"]), min_size=1))),
         instance_count=int_range(1, 8),
         concurrency=int_range(1, 256),
     )

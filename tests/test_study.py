@@ -17,7 +17,7 @@ QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=3)
 
 def batching(max_batch_size: int, concurrency: int = 2) -> dict[str, object]:
     return {"instance_count": 1, "dynamic_batching": True, "max_batch_size": max_batch_size,
-            "max_queue_delay_microseconds": 100, "preferred_batch_size": "none", "concurrency": concurrency}
+            "max_queue_delay_microseconds": 100, "preferred_batch_size": "max", "concurrency": concurrency}
 
 
 @pytest.fixture
