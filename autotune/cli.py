@@ -66,7 +66,7 @@ def _choose_model(url: str, model: str | None) -> str:
     raise AutotuneError(f"the repository holds several models ({', '.join(names)}); choose one with --model")
 
 
-@app.command()
+@app.command(epilog="Example: autotune optimize --url gpu-box:8001 --model resnet50 --max-p95 20ms --trials 40")
 def optimize(
     max_p95: Annotated[str, typer.Option(help="p95 latency limit with a unit: 800us, 200ms, 1.5s.")],
     model_repository: Annotated[Path, typer.Option(

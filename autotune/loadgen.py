@@ -151,7 +151,7 @@ class LoadGenerator:
                 recorder = self._recorder
                 recorder.errors += 1
                 recorder.first_error = recorder.first_error or str(error)
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # a failing server answers at once: do not spin on it
                 continue
             self._recorder.latencies.append(time.perf_counter() - start)
 

@@ -12,11 +12,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from autotune import model_config
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, TrialFailed
 from autotune.model_config import ModelConfig
 
 
-class ConfigRejected(AutotuneError):
+class ConfigRejected(TrialFailed):
     """Triton refused to load a configuration (the previous one stays loaded)."""
 
 
@@ -112,6 +112,11 @@ class ModelServer:
                 self._client.load_model(self.model, config=config_json, client_timeout=self.load_timeout_s)
         except InferenceServerException as error:
             reason = _reason(error)
+            if "explicit model load / unload is not allowed" in reason:
+                raise AutotuneError(
+                    f"the Triton server at {self.url} does not allow model reloads; "
+                    "start it with --model-control-mode=explicit"
+                ) from None
             detail = self._explain() if self._explain is not None else ""
             if detail and detail not in reason:
                 reason = f"{reason}: {detail}"

@@ -18,7 +18,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, TrialFailed
 from autotune.loadgen import LoadGenerator, Measurement
 from autotune.model_config import ModelConfig, ServerParams, apply, params_of
 from autotune.server import ModelServer
@@ -134,7 +134,7 @@ class Tuner:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             self.study.optimize(
-                self, n_trials=remaining, catch=(AutotuneError,),
+                self, n_trials=remaining, catch=(TrialFailed,),
                 callbacks=[MaxTrialsCallback(n_trials, states=FINISHED), *callbacks],
             )
         finally:
@@ -150,7 +150,7 @@ class Tuner:
         trial.set_user_attr("config", params.as_dict())
         try:
             self.server.apply(config)
-        except AutotuneError as error:
+        except TrialFailed as error:
             trial.set_user_attr("fail_reason", str(error))
             raise
         before = self.server.statistics()
@@ -159,7 +159,7 @@ class Tuner:
         if measurement.requests == 0:
             reason = f"no request succeeded: {measurement.first_error or 'no reply within the window'}"
             trial.set_user_attr("fail_reason", reason)
-            raise AutotuneError(reason)
+            raise TrialFailed(reason)
         _set_constraints(trial, [measurement.p95_ms - self.max_p95_ms, float(measurement.errors)])
         return measurement.throughput
 
