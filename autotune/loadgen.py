@@ -158,12 +158,10 @@ class LoadGenerator:
     async def _windows(self) -> list[_Window]:
         windows: list[_Window] = []
         self._recorder = _Recorder()
-        self._first_error = ""
         while len(windows) < self.settings.max_windows:
             await asyncio.sleep(self.settings.window_s)
             finished, self._recorder = self._recorder, _Recorder()
             windows.append(finished.close())
-            self._first_error = self._first_error or finished.first_error
             if finished.errors or self._stable(windows[-STABLE_WINDOWS:]):
                 break
         return windows
@@ -195,5 +193,5 @@ class LoadGenerator:
             errors=sum(w.errors for w in windows),
             windows=len(windows),
             stable=self._stable(counted),
-            first_error=self._first_error,
+            first_error=next((w.first_error for w in windows if w.first_error), ""),
         )

@@ -17,6 +17,8 @@ from types import FrameType
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.loadgen import LoadGenerator, Measurement
@@ -55,10 +57,9 @@ def open_study(name: str, storage: str, seed: int | None, attrs: dict[str, objec
         study = optuna.create_study(
             study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
         )
-    except (ImportError, ValueError, optuna.exceptions.OptunaError) as error:
-        raise AutotuneError(f"cannot open storage {mask_password(storage)}: {error}") from None
-    except Exception as error:  # SQLAlchemy's connection errors, whose types depend on the installed driver
-        raise AutotuneError(f"cannot open storage {mask_password(storage)}: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # a missing driver, a bad URL, a refused connection: types vary by driver
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise AutotuneError(f"cannot open storage {mask_password(storage)}: {reason}") from None
     for key, value in attrs.items():
         recorded = study.user_attrs.get(key)
         if recorded is None:
@@ -72,9 +73,6 @@ def open_study(name: str, storage: str, seed: int | None, attrs: dict[str, objec
 
 def mask_password(url: str) -> str:
     """A storage URL fit to print: any password replaced by ``***``."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
