@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import platform
+import socket
 import sys
 import warnings
 from collections.abc import Iterator
@@ -12,16 +15,27 @@ from typing import Annotated
 
 import optuna
 import typer
+from optuna_dashboard import run_server, save_note
+from rich.console import Console
 from tritonclient.utils import InferenceServerException
 
 from autotune.embedded import EmbeddedServer
 from autotune.errors import AutotuneError
 from autotune.loadgen import LoadGenerator, LoadSettings
-from autotune.model_config import ModelConfig
-from autotune.report import best_config, export, study_json, summary, trial_line
+from autotune.model_config import to_pbtxt
+from autotune.progress import TrialProgress
+from autotune.report import best_config, export, study_json, study_note, summary
 from autotune.server import ModelServer, repository_models
 from autotune.space import SearchSpace
-from autotune.study import DEFAULT_STORAGE, Terminated, Tuner, mask_password, open_study
+from autotune.study import (
+    DEFAULT_STORAGE,
+    Terminated,
+    Tuner,
+    load_study,
+    load_study_names,
+    mask_password,
+    open_study,
+)
 from autotune.units import format_ms, parse_duration
 
 DEMO_MODEL = "mlp"
@@ -66,6 +80,23 @@ def _choose_model(url: str, model: str | None) -> str:
     raise AutotuneError(f"the repository holds several models ({', '.join(names)}); choose one with --model")
 
 
+StudyName = Annotated[str | None, typer.Option("--study", help="Study name. Default: the storage's only study.")]
+Storage = Annotated[str, typer.Option(help="Optuna storage URL (sqlite:///..., postgresql://...).")]
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn what the user can fix, and interruptions, into one line on stderr and an exit code."""
+    try:
+        yield
+    except AutotuneError as error:
+        raise _fail(str(error)) from None
+    except Terminated:
+        raise _fail("terminated; the running trial was recorded as failed, rerun to resume", 143) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; the running trial was recorded as failed, rerun to resume", 130) from None
+
+
 @app.command(epilog="Example: autotune optimize --url gpu-box:8001 --model resnet50 --max-p95 20ms --trials 40")
 def optimize(
     max_p95: Annotated[str, typer.Option(help="p95 latency limit with a unit: 800us, 200ms, 1.5s.")],
@@ -79,8 +110,7 @@ def optimize(
     trials: Annotated[int, typer.Option(min=1, help="Total trials in the study; a rerun tops up to this.")] = 20,
     study_name: Annotated[str | None, typer.Option(
         "--study", help="Study name. Default: MODEL-p95-LIMIT, e.g. mlp-p95-200ms.")] = None,
-    storage: Annotated[str, typer.Option(
-        help="Optuna storage URL (sqlite:///..., postgresql://...).")] = DEFAULT_STORAGE,
+    storage: Storage = DEFAULT_STORAGE,
     space: Annotated[Path | None, typer.Option(
         help="Search space YAML. Default: studies/MODEL.yaml if present, else built-in bounds.")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampler seed, for repeatable studies.")] = None,
@@ -92,7 +122,7 @@ def optimize(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout at the end.")] = False,
 ) -> None:
     """Tune a model: each trial reloads it with new settings, measures it, and keeps the best feasible one."""
-    try:
+    with _one_line_errors():
         limit_ms = parse_duration(max_p95, "--max-p95") * 1e3
         settings = LoadSettings(warmup_s=parse_duration(warmup, "--warmup"),
                                 window_s=parse_duration(window, "--window"), max_windows=max_windows)
@@ -103,19 +133,18 @@ def optimize(
                 search_space = search_space or _default_space(name)
                 study_name = study_name or f"{name}-p95-{format_ms(limit_ms)}"
                 server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
+                attrs = {"worker_host": socket.gethostname(), **({"cpu": _cpu()} if embedded else {})}
                 study = _tune(server, LoadGenerator(server_url, name, settings), search_space, study_name=study_name,
-                              storage=storage, seed=seed, limit_ms=limit_ms, trials=trials, quiet=json_output)
+                              storage=storage, seed=seed, limit_ms=limit_ms, trials=trials, quiet=json_output,
+                              attrs=attrs)
             except InferenceServerException as error:
                 log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
                 raise AutotuneError(f"lost the Triton server at {server_url}: {error.message()}{log}") from None
-        _report(study, server.original, storage, limit_ms, output or Path("studies") / study_name / "config.pbtxt",
-                json_output)
-    except AutotuneError as error:
-        raise _fail(str(error)) from None
-    except Terminated:
-        raise _fail("terminated; the running trial was recorded as failed, rerun to resume", 143) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; the running trial was recorded as failed, rerun to resume", 130) from None
+        written = _export_best(study, output or Path("studies") / study.study_name / "config.pbtxt")
+        if json_output:
+            typer.echo(json.dumps(study_json(study, mask_password(storage), written), indent=2))
+        else:
+            typer.echo(summary(study, written))
 
 
 def _default_space(model: str) -> SearchSpace:
@@ -123,35 +152,103 @@ def _default_space(model: str) -> SearchSpace:
     return SearchSpace.from_yaml(path) if path.exists() else SearchSpace()
 
 
+def _cpu() -> str:
+    """This machine's processor, recorded with studies measured on the embedded server."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or 'unknown CPU'} x {os.cpu_count()}"
+
+
 def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
-          seed: int | None, limit_ms: float, trials: int, quiet: bool) -> optuna.Study:
+          seed: int | None, limit_ms: float, trials: int, quiet: bool, attrs: dict[str, str]) -> optuna.Study:
     """Run the study's trials; whatever happens, the model goes back to how the server had it."""
     try:
-        attrs = {"model": server.model, "max_p95_ms": limit_ms, "space": space.source, **server.server_info()}
-        study = open_study(study_name, storage, seed, attrs)
+        study = open_study(study_name, storage, seed, {
+            "model": server.model, "max_p95_ms": limit_ms, "space": space.source,
+            "base_config": to_pbtxt(server.original), **server.server_info(), **attrs,
+        })
         tuner = Tuner(study, server, loadgen, space, limit_ms)
         tuner.enqueue_baseline()
-        progress = [] if quiet else [lambda _, trial: typer.echo(trial_line(trial, trials, limit_ms), err=True)]
-        if not quiet:
-            typer.echo(f"Tuning {server.model} on {server.url}: {trials} trials, p95 limit {limit_ms:g} ms, "
-                       f"study {study_name} in {mask_password(storage)}", err=True)
-        tuner.optimize(trials, callbacks=progress)
+        try:
+            if quiet:
+                tuner.optimize(trials)
+            else:
+                console = Console(stderr=True, soft_wrap=True)
+                console.print(f"Tuning {server.model} on {server.url}: {trials} trials, p95 limit {limit_ms:g} ms, "
+                              f"study {study_name} in {mask_password(storage)}", markup=False, highlight=False)
+                with TrialProgress(study, trials, limit_ms, console) as progress:
+                    tuner.optimize(trials, callbacks=[progress])
+        finally:
+            save_note(study, study_note(study))
     finally:
         server.restore()
         server.close()
     return study
 
 
-def _report(study: optuna.Study, base: ModelConfig, storage: str, limit_ms: float, output: Path,
-            json_output: bool) -> None:
-    found = best_config(study, base)
-    if found is not None:
-        export(*found, study, output)
-    written = output if found is not None else None
-    if json_output:
-        typer.echo(json.dumps(study_json(study, mask_password(storage), limit_ms, written), indent=2))
-    else:
-        typer.echo(summary(study, limit_ms, written))
+def _export_best(study: optuna.Study, output: Path) -> Path | None:
+    """Write the best trial's config.pbtxt; None when no trial was feasible."""
+    found = best_config(study)
+    if found is None:
+        return None
+    export(*found, study, output)
+    return output
+
+
+@app.command()
+def best(study_name: StudyName = None, storage: Storage = DEFAULT_STORAGE) -> None:
+    """Print the best feasible trial of a study as JSON."""
+    with _one_line_errors():
+        study = load_study(study_name, storage)
+        typer.echo(json.dumps(study_json(study, mask_password(storage), None), indent=2))
+
+
+@app.command("export")
+def export_command(
+    output: Annotated[Path, typer.Option(help="Where to write the config.pbtxt.")],
+    study_name: StudyName = None,
+    storage: Storage = DEFAULT_STORAGE,
+) -> None:
+    """Write the best feasible trial's configuration as a ready-to-deploy config.pbtxt."""
+    with _one_line_errors():
+        study = load_study(study_name, storage)
+        if _export_best(study, output) is None:
+            raise AutotuneError(f"study {study.study_name} has no trial that met its p95 limit without errors")
+        typer.echo(f"wrote {output}")
+
+
+@app.command()
+def report(
+    study_name: StudyName = None,
+    storage: Storage = DEFAULT_STORAGE,
+    output: Annotated[Path | None, typer.Option(
+        help="Folder for the PNG plots and report.html. Default: studies/STUDY/report.")] = None,
+) -> None:
+    """Print the summary table and write plots: throughput vs p95 with the limit, vs concurrency, importances."""
+    with _one_line_errors():
+        study = load_study(study_name, storage)
+        from autotune.plots import write_report
+
+        files = write_report(study, output or Path("studies") / study.study_name / "report")
+        typer.echo(summary(study))
+        typer.echo("\n" + "\n".join(f"wrote {path}" for path in files))
+
+
+@app.command()
+def dashboard(
+    storage: Storage = DEFAULT_STORAGE,
+    host: Annotated[str, typer.Option(help="Address to listen on; the default keeps it local.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the study storage: trials, their metrics and feasibility, the best config."""
+    with _one_line_errors():
+        load_study_names(storage)
+        typer.echo(f"optuna-dashboard for {mask_password(storage)} at http://{host}:{port}/ (Ctrl-C stops it)")
+        with contextlib.suppress(KeyboardInterrupt):
+            run_server(storage, host=host, port=port)
 
 
 def run() -> None:

@@ -16,8 +16,6 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelInstanceGroup
 
 from autotune.errors import AutotuneError
 
-__all__ = ["ModelConfig", "ServerParams", "apply", "from_json", "params_of", "read_pbtxt", "to_json", "to_pbtxt"]
-
 
 @dataclass(frozen=True)
 class ServerParams:
@@ -42,10 +40,14 @@ class ServerParams:
 
 
 def read_pbtxt(path: Path) -> ModelConfig:
+    return parse_pbtxt(Path(path).read_text(), str(path))
+
+
+def parse_pbtxt(text: str, source: str = "config") -> ModelConfig:
     try:
-        return text_format.Parse(Path(path).read_text(), ModelConfig())
+        return text_format.Parse(text, ModelConfig())
     except text_format.ParseError as error:
-        raise AutotuneError(f"{path}: not a valid Triton model config: {error}") from None
+        raise AutotuneError(f"{source}: not a valid Triton model config: {error}") from None
 
 
 def to_pbtxt(config: ModelConfig) -> str:

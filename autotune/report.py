@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.model_config import ModelConfig, apply, to_pbtxt
+from autotune.model_config import ModelConfig, apply, parse_pbtxt, to_pbtxt
 from autotune.study import baseline_trial, best_trial, is_feasible, trial_params
 
 _METRICS = ("throughput", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "concurrency", "errors")
@@ -45,8 +45,9 @@ def _pa_line(trial: FrozenTrial) -> str:
             f"latency p95 {attrs['p95_ms'] * 1000:.0f} usec")
 
 
-def summary(study: optuna.Study, max_p95_ms: float, output: Path | None, top: int = 5) -> str:
-    """The perf_analyzer-style text printed at the end of ``optimize``."""
+def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> str:
+    """The perf_analyzer-style text printed at the end of ``optimize`` and by ``report``."""
+    max_p95_ms = study.user_attrs["max_p95_ms"]
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name.lower() for t in trials)
     infeasible = sum(t.state == TrialState.COMPLETE and not is_feasible(t) for t in trials)
@@ -73,6 +74,23 @@ def summary(study: optuna.Study, max_p95_ms: float, output: Path | None, top: in
     return "\n".join(lines)
 
 
+def study_note(study: optuna.Study) -> str:
+    """The Markdown note optuna-dashboard shows on the study page: the best feasible trial and its config.
+
+    The dashboard's own "best trial" ignores constraints, so the note names the one that met the limit.
+    """
+    found = best_config(study)
+    limit = study.user_attrs.get("max_p95_ms")
+    if found is None:
+        return f"No trial has met the p95 limit of {limit} ms without errors yet."
+    config, best = found
+    baseline = baseline_trial(study)
+    gain = f", {best.value / baseline.value:.2f}x the baseline" if baseline is not None and baseline.value else ""
+    return (f"## Best feasible: trial {best.number}\n\n{best.value:.1f} infer/sec at concurrency "
+            f"{best.user_attrs['concurrency']}, p95 {best.user_attrs['p95_ms']:.2f} ms (limit {limit} ms){gain}.\n\n"
+            f"```\n{to_pbtxt(config)}```\n")
+
+
 def trial_json(trial: FrozenTrial | None) -> dict[str, Any] | None:
     if trial is None:
         return None
@@ -81,7 +99,7 @@ def trial_json(trial: FrozenTrial | None) -> dict[str, Any] | None:
     return {"trial": trial.number, **metrics, "config": trial.user_attrs.get("config")}
 
 
-def study_json(study: optuna.Study, storage: str, max_p95_ms: float, output: Path | None) -> dict[str, Any]:
+def study_json(study: optuna.Study, storage: str, output: Path | None) -> dict[str, Any]:
     """The one JSON document that ``optimize --json`` prints."""
     baseline, best = baseline_trial(study), best_trial(study)
     trials = study.get_trials(deepcopy=False)
@@ -89,7 +107,7 @@ def study_json(study: optuna.Study, storage: str, max_p95_ms: float, output: Pat
         "study": study.study_name,
         "storage": storage,
         "model": study.user_attrs.get("model"),
-        "max_p95_ms": max_p95_ms,
+        "max_p95_ms": study.user_attrs.get("max_p95_ms"),
         "trials": {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState},
         "baseline": trial_json(baseline),
         "best": trial_json(best),
@@ -98,10 +116,12 @@ def study_json(study: optuna.Study, storage: str, max_p95_ms: float, output: Pat
     }
 
 
-def best_config(study: optuna.Study, base: ModelConfig) -> tuple[ModelConfig, FrozenTrial] | None:
+def best_config(study: optuna.Study) -> tuple[ModelConfig, FrozenTrial] | None:
+    """The best trial's settings applied to the model's original config, as recorded with the study."""
     best = best_trial(study)
     if best is None:
         return None
+    base = parse_pbtxt(study.user_attrs["base_config"], f"study {study.study_name}'s base config")
     return apply(base, trial_params(best)), best
 
 

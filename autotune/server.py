@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
 from tritonclient.utils import InferenceServerException
 
 from autotune import model_config
@@ -61,8 +62,11 @@ class ModelServer:
         self._current: ModelConfig | None = self.original
 
     def server_info(self) -> dict[str, str]:
+        """What the study records about the server: version, address, and where the model's instances run."""
         metadata = self._client.get_server_metadata(as_json=True)
-        return {"server_version": metadata.get("version", ""), "server_url": self.url}
+        kinds = sorted({ModelInstanceGroup.Kind.Name(group.kind) for group in self.original.instance_group})
+        return {"server_version": metadata.get("version", ""), "server_url": self.url,
+                "instance_kind": ",".join(kinds) or "KIND_AUTO"}
 
     def running_config(self) -> ModelConfig:
         return model_config.from_json(self._client.get_model_config(self.model, as_json=True)["config"])

@@ -17,12 +17,13 @@ from types import FrameType
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
+from optuna_dashboard import save_note
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.loadgen import LoadGenerator, Measurement
-from autotune.model_config import ModelConfig, ServerParams, apply, params_of
+from autotune.model_config import ModelConfig, ServerParams, apply, params_of, to_pbtxt
 from autotune.server import ModelServer
 from autotune.space import SearchSpace
 
@@ -58,8 +59,7 @@ def open_study(name: str, storage: str, seed: int | None, attrs: dict[str, objec
             study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
         )
     except Exception as error:  # a missing driver, a bad URL, a refused connection: types vary by driver
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AutotuneError(f"cannot open storage {mask_password(storage)}: {reason}") from None
+        raise _storage_error(storage, error) from None
     for key, value in attrs.items():
         recorded = study.user_attrs.get(key)
         if recorded is None:
@@ -69,6 +69,34 @@ def open_study(name: str, storage: str, seed: int | None, attrs: dict[str, objec
                 f"study {name!r} was run with {key} = {recorded}, not {value}; choose another --study"
             )
     return study
+
+
+def load_study_names(storage: str) -> list[str]:
+    """The studies in an existing storage; a SQLite file that is not there is an error, not a new file."""
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        raise AutotuneError(f"no studies yet: {storage.removeprefix('sqlite:///')} does not exist")
+    try:
+        return optuna.get_all_study_names(storage)
+    except Exception as error:  # as in open_study: the driver decides the type
+        raise _storage_error(storage, error) from None
+
+
+def load_study(name: str | None, storage: str) -> optuna.Study:
+    """An existing study, for the commands that only read: the storage's only study when no name is given."""
+    names = load_study_names(storage)
+    if name is None and len(names) != 1:
+        listed = ", ".join(names) or "none"
+        raise AutotuneError(f"choose a study with --study; {mask_password(storage)} holds: {listed}")
+    name = name if name is not None else names[0]
+    if name not in names:
+        raise AutotuneError(f"no study {name!r} in {mask_password(storage)}; it holds: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _storage_error(storage: str, error: Exception) -> AutotuneError:
+    text = str(error).strip()
+    reason = text.splitlines()[0] if text else type(error).__name__
+    return AutotuneError(f"cannot open storage {mask_password(storage)}: {reason}")
 
 
 def mask_password(url: str) -> str:
@@ -159,6 +187,12 @@ class Tuner:
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason)
         _set_constraints(trial, [measurement.p95_ms - self.max_p95_ms, float(measurement.errors)])
+        save_note(trial, _note(config, measurement))
+        if trial.user_attrs.get("baseline"):
+            trial.study.set_user_attr("baseline", {
+                "trial": trial.number, "throughput": round(measurement.throughput, 2),
+                "p95_ms": round(measurement.p95_ms, 3), "concurrency": concurrency,
+            })
         return measurement.throughput
 
 
@@ -175,6 +209,13 @@ def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, flo
         trial.set_user_attr("server_avg_batch_size", round(requests / executions, 3))
         for name in ("queue", "compute_input", "compute_infer", "compute_output"):
             trial.set_user_attr(f"server_{name}_ms", round(delta[f"{name}_ns"] / requests / 1e6, 4))
+
+
+def _note(config: ModelConfig, measurement: Measurement) -> str:
+    """The Markdown note optuna-dashboard shows with a trial: what was measured, and the config to deploy."""
+    return (f"{measurement.throughput:.1f} infer/sec at concurrency {measurement.concurrency}, "
+            f"p95 {measurement.p95_ms:.2f} ms, {measurement.errors} errors.\n\n"
+            f"```\n{to_pbtxt(config)}```\n")
 
 
 def _set_constraints(trial: optuna.Trial, values: list[float]) -> None:

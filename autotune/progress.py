@@ -1,0 +1,51 @@
+"""Progress of a running study: a line per finished trial and, on a terminal, a bar with the best so far."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from autotune.report import trial_line
+from autotune.study import FINISHED, best_trial
+
+
+class TrialProgress:
+    """An Optuna callback; use it as a context manager around ``study.optimize``."""
+
+    def __init__(self, study: optuna.Study, n_trials: int, max_p95_ms: float, console: Console) -> None:
+        self._n_trials = n_trials
+        self._max_p95_ms = max_p95_ms
+        self._console = console
+        self._bar = Progress(
+            TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[best]}"), console=console, transient=True,
+        ) if console.is_terminal else None
+        if self._bar is not None:
+            self._task = self._bar.add_task("", total=n_trials, completed=_finished(study), best=_best(study))
+
+    def __enter__(self) -> TrialProgress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._console.print(trial_line(trial, self._n_trials, self._max_p95_ms), markup=False, highlight=False)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=_finished(study), best=_best(study))
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _best(study: optuna.Study) -> str:
+    best = best_trial(study)
+    if best is None:
+        return "no feasible trial yet"
+    return f"best {best.value:.1f} infer/sec, p95 {best.user_attrs['p95_ms']:.2f} ms (trial {best.number})"

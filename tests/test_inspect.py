@@ -1,0 +1,166 @@
+"""Inspecting a finished study: optuna-dashboard, report, best, export."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autotune.embedded import EmbeddedServer
+from autotune.model_config import apply, params_of, read_pbtxt
+from autotune.study import best_trial, is_feasible, trial_params
+
+STUDY = "inspect"
+LIMIT_MS = 6.0
+
+
+def autotune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autotune", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished(triton: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A study of mlp with trials on both sides of a tight limit: (storage URL, working folder)."""
+    folder = tmp_path_factory.mktemp("inspect")
+    (folder / "space.yaml").write_text("concurrency: {low: 1, high: 32}\ninstance_count: {low: 1, high: 2}\n")
+    storage = f"sqlite:///{folder / 'studies.db'}"
+    result = autotune("optimize", "--max-p95", f"{LIMIT_MS:g}ms", "--trials", "6", "--url", triton.url,
+                      "--storage", storage, "--study", STUDY, "--space", "space.yaml", "--seed", "11",
+                      "--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return storage, folder
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get_json(url: str, timeout_s: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return json.load(reply)
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_the_dashboard_shows_the_study_its_metrics_feasibility_and_the_best_config(
+    finished: tuple[str, Path],
+) -> None:
+    storage, folder = finished
+    port = _free_port()
+    dashboard = subprocess.Popen([sys.executable, "-m", "autotune", "dashboard", "--storage", storage,
+                                  "--port", str(port)], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+    try:
+        (summary,) = _get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+    study_attrs = {attr["key"]: attr["value"] for attr in detail["user_attrs"]}
+    assert study_attrs["model"] == "mlp"
+    assert float(study_attrs["max_p95_ms"]) == LIMIT_MS
+    assert study_attrs["server_version"] and study_attrs["instance_kind"] == "KIND_CPU"
+    assert "throughput" in study_attrs["baseline"]
+
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    shown = {trial["number"]: trial for trial in detail["trials"]}
+    feasibility = set()
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        attrs = {attr["key"]: attr["value"] for attr in shown[trial.number]["user_attrs"]}
+        for metric in ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors", "server_queue_ms",
+                       "server_compute_infer_ms", "server_batches"):
+            assert float(attrs[metric]) == pytest.approx(trial.user_attrs[metric])
+        constraints = shown[trial.number]["constraints"]
+        assert all(c <= 0 for c in constraints) == is_feasible(trial)
+        feasibility.add(is_feasible(trial))
+    assert feasibility == {True, False}, "the tight limit should leave trials on both sides"
+
+    best = best_trial(study)
+    note = shown[best.number]["note"]["body"]
+    assert 'name: "mlp"' in note and "instance_group" in note
+    assert f"trial {best.number}" in detail["note"]["body"]
+
+
+def test_the_dashboard_listens_on_loopback_and_says_where(finished: tuple[str, Path]) -> None:
+    storage, folder = finished
+    port = _free_port()
+    dashboard = subprocess.Popen([sys.executable, "-m", "autotune", "dashboard", "--storage", storage,
+                                  "--port", str(port)], cwd=folder, stdout=subprocess.PIPE, text=True)
+    try:
+        first_line = dashboard.stdout.readline()
+        _get_json(f"http://127.0.0.1:{port}/api/meta")
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in first_line
+
+
+def test_report_writes_the_plots_and_a_page_with_the_table(finished: tuple[str, Path]) -> None:
+    storage, folder = finished
+    result = autotune("report", "--storage", storage, "--output", "out", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    best = best_trial(study)
+    assert f"Best (trial {best.number})" in result.stdout
+    for name in ("pareto.png", "concurrency.png", "importances.png"):
+        picture = (folder / "out" / name).read_bytes()
+        assert picture.startswith(b"\x89PNG") and len(picture) > 10_000
+    page = (folder / "out" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    assert f"Best (trial {best.number})" in page
+
+
+def test_best_prints_the_best_feasible_trial(finished: tuple[str, Path]) -> None:
+    storage, folder = finished
+    result = autotune("best", "--storage", storage, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    reported = json.loads(result.stdout)["best"]
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    feasible = [t for t in study.trials if is_feasible(t)]
+    assert reported["trial"] == max(feasible, key=lambda t: t.value).number
+    assert reported["p95_ms"] <= LIMIT_MS
+
+
+def test_export_writes_the_best_config_over_the_models_own(finished: tuple[str, Path], repository: Path) -> None:
+    storage, folder = finished
+    result = autotune("export", "--storage", storage, "--output", "deploy/mlp/config.pbtxt", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    exported = read_pbtxt(folder / "deploy" / "mlp" / "config.pbtxt")
+    assert params_of(exported) == params_of(apply(exported, trial_params(best_trial(study))))
+    assert exported.input == read_pbtxt(repository / "mlp" / "config.pbtxt").input
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["best", "--storage", "sqlite:///missing.db"], "no studies yet: missing.db does not exist"),
+        (["export", "--output", "x.pbtxt", "--study", "nope"], "no study 'nope'"),
+        (["report", "--study", "nope"], "no study 'nope'"),
+    ],
+)
+def test_reading_commands_explain_what_is_missing(finished: tuple[str, Path], args: list[str], message: str) -> None:
+    storage, folder = finished
+    if "--storage" not in args:
+        args = [*args, "--storage", storage]
+    result = autotune(*args, cwd=folder)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert message in result.stderr
