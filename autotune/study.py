@@ -186,8 +186,10 @@ class Tuner:
             reason = f"no request succeeded: {measurement.first_error or 'no reply within the window'}"
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason)
-        _set_constraints(trial, [measurement.p95_ms - self.max_p95_ms, float(measurement.errors)])
-        save_note(trial, _note(config, measurement))
+        constraints = [measurement.p95_ms - self.max_p95_ms, float(measurement.errors)]
+        _set_constraints(trial, constraints)
+        if all(c <= 0 for c in constraints) and measurement.throughput > _best_value(trial.study):
+            save_note(trial, _note(config, measurement))
         if trial.user_attrs.get("baseline"):
             trial.study.set_user_attr("baseline", {
                 "trial": trial.number, "throughput": round(measurement.throughput, 2),
@@ -211,10 +213,15 @@ def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, flo
             trial.set_user_attr(f"server_{name}_ms", round(delta[f"{name}_ns"] / requests / 1e6, 4))
 
 
+def _best_value(study: optuna.Study) -> float:
+    best = best_trial(study)
+    return best.value if best is not None and best.value is not None else float("-inf")
+
+
 def _note(config: ModelConfig, measurement: Measurement) -> str:
-    """The Markdown note optuna-dashboard shows with a trial: what was measured, and the config to deploy."""
-    return (f"{measurement.throughput:.1f} infer/sec at concurrency {measurement.concurrency}, "
-            f"p95 {measurement.p95_ms:.2f} ms, {measurement.errors} errors.\n\n"
+    """The Markdown note optuna-dashboard shows with each new best trial: what was measured, the config to deploy."""
+    return (f"New best feasible trial: {measurement.throughput:.1f} infer/sec at concurrency "
+            f"{measurement.concurrency}, p95 {measurement.p95_ms:.2f} ms.\n\n"
             f"```\n{to_pbtxt(config)}```\n")
 
 
