@@ -27,15 +27,8 @@ from autotune.progress import TrialProgress
 from autotune.report import best_config, export, study_json, study_note, summary
 from autotune.server import ModelServer, repository_models
 from autotune.space import SearchSpace
-from autotune.study import (
-    DEFAULT_STORAGE,
-    Terminated,
-    Tuner,
-    load_study,
-    load_study_names,
-    mask_password,
-    open_study,
-)
+from autotune.storage import DEFAULT_STORAGE, mask_password, open_storage
+from autotune.study import Terminated, Tuner, hardware_differences, load_study, open_study
 from autotune.units import format_ms, parse_duration
 
 DEMO_MODEL = "mlp"
@@ -81,7 +74,8 @@ def _choose_model(url: str, model: str | None) -> str:
 
 
 StudyName = Annotated[str | None, typer.Option("--study", help="Study name. Default: the storage's only study.")]
-Storage = Annotated[str, typer.Option(help="Optuna storage URL (sqlite:///..., postgresql://...).")]
+Storage = Annotated[str, typer.Option(
+    help="Optuna storage: sqlite:///FILE, postgresql://USER:PASSWORD@HOST/DB, mysql://..., or journal:FILE.")]
 
 
 @contextlib.contextmanager
@@ -133,7 +127,7 @@ def optimize(
                 search_space = search_space or _default_space(name)
                 study_name = study_name or f"{name}-p95-{format_ms(limit_ms)}"
                 server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
-                attrs = {"worker_host": socket.gethostname(), **({"cpu": _cpu()} if embedded else {})}
+                attrs = {"cpu": _cpu()} if embedded else {}
                 study = _tune(server, LoadGenerator(server_url, name, settings), search_space, study_name=study_name,
                               storage=storage, seed=seed, limit_ms=limit_ms, trials=trials, quiet=json_output,
                               attrs=attrs)
@@ -165,12 +159,17 @@ def _cpu() -> str:
 def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
           seed: int | None, limit_ms: float, trials: int, quiet: bool, attrs: dict[str, str]) -> optuna.Study:
     """Run the study's trials; whatever happens, the model goes back to how the server had it."""
+    worker = {"worker_host": socket.gethostname(), "server_url": server.url,
+              "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "none")}
     try:
-        study = open_study(study_name, storage, seed, {
-            "model": server.model, "max_p95_ms": limit_ms, "space": space.source,
-            "base_config": to_pbtxt(server.original), **server.server_info(), **attrs,
-        })
-        tuner = Tuner(study, server, loadgen, space, limit_ms)
+        attrs = {"model": server.model, "max_p95_ms": limit_ms, "space": space.source,
+                 "base_config": to_pbtxt(server.original), **server.server_info(), **attrs}
+        study = open_study(study_name, storage, seed, attrs)
+        differences = hardware_differences(study, attrs)
+        if differences:
+            typer.echo(f"autotune: warning: this worker's server differs from the study's: {'; '.join(differences)}."
+                       " Its trials record worker_host and server_url, so they can be told apart.", err=True)
+        tuner = Tuner(study, server, loadgen, space, limit_ms, worker)
         tuner.enqueue_baseline()
         try:
             if quiet:
@@ -245,10 +244,10 @@ def dashboard(
 ) -> None:
     """Serve optuna-dashboard on the study storage: trials, their metrics and feasibility, the best config."""
     with _one_line_errors():
-        load_study_names(storage)
+        opened = open_storage(storage, create=False)
         typer.echo(f"optuna-dashboard for {mask_password(storage)} at http://{host}:{port}/ (Ctrl-C stops it)")
         with contextlib.suppress(KeyboardInterrupt):
-            run_server(storage, host=host, port=port)
+            run_server(opened, host=host, port=port)
 
 
 def run() -> None:

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from autotune.report import trial_line
-from autotune.study import FINISHED, best_trial
+from autotune.study import best_trial, counted_trials
 
 
 class TrialProgress:
@@ -23,7 +23,7 @@ class TrialProgress:
             TextColumn("{task.fields[best]}"), console=console, transient=True,
         ) if console.is_terminal else None
         if self._bar is not None:
-            self._task = self._bar.add_task("", total=n_trials, completed=_finished(study), best=_best(study))
+            self._task = self._bar.add_task("", total=n_trials, completed=counted_trials(study), best=_best(study))
 
     def __enter__(self) -> TrialProgress:
         if self._bar is not None:
@@ -37,11 +37,7 @@ class TrialProgress:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._console.print(trial_line(trial, self._n_trials, self._max_p95_ms), markup=False, highlight=False)
         if self._bar is not None:
-            self._bar.update(self._task, completed=_finished(study), best=_best(study))
-
-
-def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+            self._bar.update(self._task, completed=counted_trials(study), best=_best(study))
 
 
 def _best(study: optuna.Study) -> str:

@@ -10,25 +10,21 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from types import FrameType
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard import save_note
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.loadgen import LoadGenerator, Measurement
 from autotune.model_config import ModelConfig, ServerParams, apply, params_of, to_pbtxt
 from autotune.server import ModelServer
 from autotune.space import SearchSpace
+from autotune.storage import mask_password, open_storage
 
-DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+HARDWARE_ATTRS = ("server_version", "instance_kind", "cpu")
 # optuna-dashboard reads feasibility only from this list-valued system attribute; Optuna's samplers read it too.
 CONSTRAINTS_KEY = "constraints"
 
@@ -41,25 +37,20 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def open_study(name: str, storage: str, seed: int | None, attrs: dict[str, object]) -> optuna.Study:
+def open_study(name: str, storage_url: str, seed: int | None, attrs: dict[str, object]) -> optuna.Study:
     """Create or resume the study; refuse to mix trials measured under a different model or limit."""
-    if storage.startswith("sqlite:///"):
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(storage_url, create=True)
     try:
-        existing = optuna.get_all_study_names(storage)
-        finished = 0
-        if name in existing:
-            finished = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
-        # On resume, a fixed seed is shifted so the random start-up trials do not repeat the first run's.
-        sampler = optuna.samplers.TPESampler(
-            multivariate=True, group=True, constant_liar=True,
-            seed=None if seed is None else seed + finished,
-        )
-        study = optuna.create_study(
-            study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
-        )
-    except Exception as error:  # a missing driver, a bad URL, a refused connection: types vary by driver
-        raise _storage_error(storage, error) from None
+        started = len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
+    except KeyError:
+        started = 0
+    # On resume, a fixed seed is shifted so the random start-up trials do not repeat the first run's.
+    sampler = optuna.samplers.TPESampler(
+        multivariate=True, group=True, constant_liar=True, seed=None if seed is None else seed + started
+    )
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+    )
     for key, value in attrs.items():
         recorded = study.user_attrs.get(key)
         if recorded is None:
@@ -71,40 +62,37 @@ def open_study(name: str, storage: str, seed: int | None, attrs: dict[str, objec
     return study
 
 
-def load_study_names(storage: str) -> list[str]:
-    """The studies in an existing storage; a SQLite file that is not there is an error, not a new file."""
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
-        raise AutotuneError(f"no studies yet: {storage.removeprefix('sqlite:///')} does not exist")
-    try:
-        return optuna.get_all_study_names(storage)
-    except Exception as error:  # as in open_study: the driver decides the type
-        raise _storage_error(storage, error) from None
-
-
-def load_study(name: str | None, storage: str) -> optuna.Study:
+def load_study(name: str | None, storage_url: str) -> optuna.Study:
     """An existing study, for the commands that only read: the storage's only study when no name is given."""
-    names = load_study_names(storage)
+    storage = open_storage(storage_url, create=False)
+    names = [summary.study_name for summary in storage.get_all_studies()]
+    where = mask_password(storage_url)
     if name is None and len(names) != 1:
-        listed = ", ".join(names) or "none"
-        raise AutotuneError(f"choose a study with --study; {mask_password(storage)} holds: {listed}")
+        raise AutotuneError(f"choose a study with --study; {where} holds: {', '.join(names) or 'none'}")
     name = name if name is not None else names[0]
     if name not in names:
-        raise AutotuneError(f"no study {name!r} in {mask_password(storage)}; it holds: {', '.join(names) or 'none'}")
+        raise AutotuneError(f"no study {name!r} in {where}; it holds: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def _storage_error(storage: str, error: Exception) -> AutotuneError:
-    text = str(error).strip()
-    reason = text.splitlines()[0] if text else type(error).__name__
-    return AutotuneError(f"cannot open storage {mask_password(storage)}: {reason}")
+def counts_toward_total(trial: FrozenTrial) -> bool:
+    """Whether a trial uses up one of ``--trials``: it was measured, or failed for a reason of its own.
+
+    A trial cut short by Ctrl-C or by a worker that died does not count; its parameters are tried again.
+    """
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
+    )
 
 
-def mask_password(url: str) -> str:
-    """A storage URL fit to print: any password replaced by ``***``."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+def counted_trials(study: optuna.Study) -> int:
+    return sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
+
+
+def hardware_differences(study: optuna.Study, attrs: dict[str, object]) -> list[str]:
+    """Where this worker's server differs from the one the study was started on, as readable phrases."""
+    return [f"{key} {attrs[key]} (the study has {study.user_attrs[key]})" for key in HARDWARE_ATTRS
+            if key in attrs and key in study.user_attrs and attrs[key] != study.user_attrs[key]]
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -138,6 +126,7 @@ class Tuner:
     loadgen: LoadGenerator
     space: SearchSpace
     max_p95_ms: float
+    worker: dict[str, str] = field(default_factory=dict)
 
     @property
     def base(self) -> ModelConfig:
@@ -145,7 +134,9 @@ class Tuner:
 
     def enqueue_baseline(self) -> None:
         """The model as configured, at the Triton guide's rule-of-thumb concurrency 2 x batch x instances."""
-        if any(t.user_attrs.get("baseline") for t in self.study.get_trials(deepcopy=False)):
+        pending = (TrialState.WAITING, TrialState.RUNNING)
+        if any(t.user_attrs.get("baseline") and (counts_toward_total(t) or t.state in pending)
+               for t in self.study.get_trials(deepcopy=False)):
             return
         params = params_of(self.base)
         batch = params.max_batch_size if params.dynamic_batching else 1
@@ -153,16 +144,12 @@ class Tuner:
         self.study.enqueue_trial({"concurrency": concurrency}, user_attrs={"baseline": True})
 
     def optimize(self, n_trials: int, callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> None:
-        """Run trials until the study holds ``n_trials`` finished ones (a resumed study tops up)."""
-        remaining = n_trials - len(self.study.get_trials(deepcopy=False, states=FINISHED))
-        if remaining <= 0:
+        """Run trials until the study holds ``n_trials`` that count (a resumed study tops up; workers share it)."""
+        if counted_trials(self.study) >= n_trials:
             return
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            self.study.optimize(
-                self, n_trials=remaining, catch=(TrialFailed,),
-                callbacks=[MaxTrialsCallback(n_trials, states=FINISHED), *callbacks],
-            )
+            self.study.optimize(self, catch=(TrialFailed,), callbacks=[*callbacks, _StopAtTotal(n_trials)])
         finally:
             signal.signal(signal.SIGTERM, previous)
 
@@ -174,6 +161,8 @@ class Tuner:
             config = apply(self.base, params)
         concurrency = self.space.suggest_concurrency(trial)
         trial.set_user_attr("config", params.as_dict())
+        for key, value in self.worker.items():
+            trial.set_user_attr(key, value)
         try:
             self.server.apply(config)
         except TrialFailed as error:
@@ -196,6 +185,17 @@ class Tuner:
                 "p95_ms": round(measurement.p95_ms, 3), "concurrency": concurrency,
             })
         return measurement.throughput
+
+
+@dataclass(frozen=True)
+class _StopAtTotal:
+    """Stops this worker once the study, across all its workers, holds ``n_trials`` that count."""
+
+    n_trials: int
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if counted_trials(study) >= self.n_trials:
+            study.stop()
 
 
 def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, float], after: dict[str, float]) -> None:

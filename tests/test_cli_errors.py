@@ -56,6 +56,12 @@ def test_a_storage_url_that_cannot_be_opened(triton, tmp_path: Path) -> None:
     assert "secret" not in message
 
 
+def test_a_storage_whose_driver_is_missing_names_what_to_install(tmp_path: Path) -> None:
+    message = autotune_error("best", "--storage", "mysql://tuner:secret@127.0.0.1/studies", cwd=tmp_path)
+    assert message == ("autotune: error: cannot open storage mysql://tuner:***@127.0.0.1/studies: "
+                       "no database driver; install its SQLAlchemy driver")
+
+
 def test_resuming_a_study_with_another_limit(triton, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'db'}"
     optuna.create_study(study_name="mine", storage=storage).set_user_attr("max_p95_ms", 50.0)

@@ -171,8 +171,10 @@ def test_ctrl_c_records_the_trial_as_failed_restores_the_model_and_a_rerun_finis
 
     rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    states = [t.state for t in load(storage, "interrupted").trials]
-    assert states.count(TrialState.COMPLETE) == 2 and states[0] == TrialState.FAIL
+    # The interrupted trial does not use up one of the three: the rerun measures three more.
+    trials = load(storage, "interrupted").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[0].user_attrs["baseline"] and trials[1].user_attrs["baseline"], "the baseline is measured again"
     holder.restore()
     holder.close()
 

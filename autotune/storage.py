@@ -1,0 +1,68 @@
+"""Optuna storages from the URLs users pass to ``--storage``.
+
+Relational databases (SQLite, PostgreSQL, MySQL) get Optuna's heartbeat: a worker that dies leaves its trial
+RUNNING only until the grace period ends, when another worker fails it and re-queues its parameters. A
+``journal:PATH`` URL selects Optuna's journal file storage, for workers that share only a file system.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from autotune.errors import AutotuneError
+
+DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
+JOURNAL_PREFIX = "journal:"
+HEARTBEAT_INTERVAL_S = 5
+GRACE_PERIOD_S = 20
+_DRIVER_EXTRAS = {"postgresql": "postgres", "postgres": "postgres"}
+
+
+def open_storage(url: str, *, create: bool) -> optuna.storages.BaseStorage:
+    """The storage behind ``url``. Without ``create``, a file that is not there is an error, not a new file."""
+    path = _file_of(url)
+    if path is not None:
+        if not create and not path.exists():
+            raise AutotuneError(f"no studies yet: {path} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if url.startswith(JOURNAL_PREFIX):
+            return JournalStorage(JournalFileBackend(str(path)))
+        return RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=GRACE_PERIOD_S,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
+    except ImportError:
+        extra = _DRIVER_EXTRAS.get(url.split(":", 1)[0].split("+", 1)[0])
+        hint = f"pip install 'autotune[{extra}]'" if extra else "install its SQLAlchemy driver"
+        raise AutotuneError(f"cannot open storage {mask_password(url)}: no database driver; {hint}") from None
+    except Exception as error:  # a bad URL, a refused connection: the types depend on the database driver
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        raise AutotuneError(f"cannot open storage {mask_password(url)}: {reason}") from None
+
+
+def _file_of(url: str) -> Path | None:
+    if url.startswith(JOURNAL_PREFIX):
+        return Path(url.removeprefix(JOURNAL_PREFIX))
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+def mask_password(url: str) -> str:
+    """A storage URL fit to print: any password replaced by ``***``."""
+    if url.startswith(JOURNAL_PREFIX):
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
