@@ -6,8 +6,11 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import socket
+import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,9 +117,17 @@ def optimize(
     warmup: Annotated[str, typer.Option(help="Load before the first window counts.")] = "1s",
     max_windows: Annotated[int, typer.Option(min=3, help="Windows per trial before giving up on stability.")] = 8,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout at the end.")] = False,
+    gpus: Annotated[str | None, typer.Option(
+        help="GPU ids, e.g. 0,1: one worker with its own embedded server per GPU (CUDA_VISIBLE_DEVICES), "
+        "all on one study.")] = None,
 ) -> None:
     """Tune a model: each trial reloads it with new settings, measures it, and keeps the best feasible one."""
     with _one_line_errors():
+        if gpus is not None:
+            if url is not None:
+                raise AutotuneError("--gpus starts an embedded server per GPU; with --url, run one autotune per server")
+            _run_workers([gpu.strip() for gpu in gpus.split(",") if gpu.strip()])
+            return
         limit_ms = parse_duration(max_p95, "--max-p95") * 1e3
         settings = LoadSettings(warmup_s=parse_duration(warmup, "--warmup"),
                                 window_s=parse_duration(window, "--window"), max_windows=max_windows)
@@ -139,6 +150,48 @@ def optimize(
             typer.echo(json.dumps(study_json(study, mask_password(storage), written), indent=2))
         else:
             typer.echo(summary(study, written))
+
+
+def _run_workers(gpus: list[str]) -> None:
+    """Run this same command once per GPU, each worker seeing only its GPU, and pass on the last one's summary.
+
+    The workers share the study through its storage; the one that finishes last reports the whole study.
+    """
+    if not gpus:
+        raise AutotuneError("--gpus: name at least one GPU id, e.g. --gpus 0,1")
+    argv = _without_option(sys.argv[1:], "--gpus")
+    workers = [subprocess.Popen([sys.executable, "-m", "autotune", *argv], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
+    # A terminal's Ctrl-C reaches every worker by itself; a SIGTERM sent to this process is passed on.
+    signal.signal(signal.SIGTERM, lambda *_: [w.send_signal(signal.SIGTERM) for w in workers])
+    finished: list[subprocess.Popen[str]] = []
+    try:
+        while len(finished) < len(workers):
+            finished += [w for w in workers if w not in finished and w.poll() is not None]
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for process in workers:
+            process.wait()
+        raise
+    last = finished[-1]
+    typer.echo(last.stdout.read() if last.stdout else "", nl=False)
+    failed = max(w.returncode for w in workers)
+    if failed:
+        raise typer.Exit(failed)
+
+
+def _without_option(args: list[str], name: str) -> list[str]:
+    """``args`` less ``name VALUE`` and ``name=VALUE``."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(f"{name}="):
+            kept.append(arg)
+    return kept
 
 
 def _default_space(model: str) -> SearchSpace:
@@ -164,13 +217,14 @@ def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, st
     try:
         attrs = {"model": server.model, "max_p95_ms": limit_ms, "space": space.source,
                  "base_config": to_pbtxt(server.original), **server.server_info(), **attrs}
-        study = open_study(study_name, storage, seed, attrs)
+        opened = open_storage(storage, create=True)
+        study, created = open_study(study_name, opened, seed, attrs)
         differences = hardware_differences(study, attrs)
         if differences:
             typer.echo(f"autotune: warning: this worker's server differs from the study's: {'; '.join(differences)}."
                        " Its trials record worker_host and server_url, so they can be told apart.", err=True)
-        tuner = Tuner(study, server, loadgen, space, limit_ms, worker)
-        tuner.enqueue_baseline()
+        tuner = Tuner(study, opened, server, loadgen, space, limit_ms, worker)
+        tuner.enqueue_baseline(created)
         try:
             if quiet:
                 tuner.optimize(trials)

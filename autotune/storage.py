@@ -7,6 +7,7 @@ RUNNING only until the grace period ends, when another worker fails it and re-qu
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -34,12 +35,14 @@ def open_storage(url: str, *, create: bool) -> optuna.storages.BaseStorage:
     try:
         if url.startswith(JOURNAL_PREFIX):
             return JournalStorage(JournalFileBackend(str(path)))
-        return RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are, since 2.x
+            return RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
     except ImportError:
         extra = _DRIVER_EXTRAS.get(url.split(":", 1)[0].split("+", 1)[0])
         hint = f"pip install 'autotune[{extra}]'" if extra else "install its SQLAlchemy driver"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard import save_note
 
@@ -23,6 +24,7 @@ from autotune.model_config import ModelConfig, ServerParams, apply, params_of, t
 from autotune.server import ModelServer
 from autotune.space import SearchSpace
 from autotune.storage import mask_password, open_storage
+from autotune.trial_queue import TrialQueue, counts_toward_total
 
 HARDWARE_ATTRS = ("server_version", "instance_kind", "cpu")
 # optuna-dashboard reads feasibility only from this list-valued system attribute; Optuna's samplers read it too.
@@ -37,9 +39,13 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def open_study(name: str, storage_url: str, seed: int | None, attrs: dict[str, object]) -> optuna.Study:
-    """Create or resume the study; refuse to mix trials measured under a different model or limit."""
-    storage = open_storage(storage_url, create=True)
+def open_study(
+    name: str, storage: BaseStorage, seed: int | None, attrs: dict[str, object]
+) -> tuple[optuna.Study, bool]:
+    """Create or resume the study, and say whether this worker created it.
+
+    Refuses to mix trials measured under a different model or limit.
+    """
     try:
         started = len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
     except KeyError:
@@ -48,9 +54,11 @@ def open_study(name: str, storage_url: str, seed: int | None, attrs: dict[str, o
     sampler = optuna.samplers.TPESampler(
         multivariate=True, group=True, constant_liar=True, seed=None if seed is None else seed + started
     )
-    study = optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
-    )
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(study_name=name, storage=storage, sampler=sampler), False
     for key, value in attrs.items():
         recorded = study.user_attrs.get(key)
         if recorded is None:
@@ -59,7 +67,7 @@ def open_study(name: str, storage_url: str, seed: int | None, attrs: dict[str, o
             raise AutotuneError(
                 f"study {name!r} was run with {key} = {recorded}, not {value}; choose another --study"
             )
-    return study
+    return study, created
 
 
 def load_study(name: str | None, storage_url: str) -> optuna.Study:
@@ -73,16 +81,6 @@ def load_study(name: str | None, storage_url: str) -> optuna.Study:
     if name not in names:
         raise AutotuneError(f"no study {name!r} in {where}; it holds: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
-
-
-def counts_toward_total(trial: FrozenTrial) -> bool:
-    """Whether a trial uses up one of ``--trials``: it was measured, or failed for a reason of its own.
-
-    A trial cut short by Ctrl-C or by a worker that died does not count; its parameters are tried again.
-    """
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
-    )
 
 
 def counted_trials(study: optuna.Study) -> int:
@@ -122,6 +120,7 @@ class Tuner:
     """Runs the trials of one study against one model on one server."""
 
     study: optuna.Study
+    storage: BaseStorage
     server: ModelServer
     loadgen: LoadGenerator
     space: SearchSpace
@@ -132,26 +131,45 @@ class Tuner:
     def base(self) -> ModelConfig:
         return self.server.original
 
-    def enqueue_baseline(self) -> None:
-        """The model as configured, at the Triton guide's rule-of-thumb concurrency 2 x batch x instances."""
-        pending = (TrialState.WAITING, TrialState.RUNNING)
-        if any(t.user_attrs.get("baseline") and (counts_toward_total(t) or t.state in pending)
-               for t in self.study.get_trials(deepcopy=False)):
-            return
+    def enqueue_baseline(self, created: bool = True) -> None:
+        """The model as configured, at the Triton guide's rule-of-thumb concurrency 2 x batch x instances.
+
+        The worker that created the study queues it; another only queues it again when an interrupted run left
+        the baseline unmeasured, so that workers starting together do not each add one.
+        """
+        if not created:
+            baselines = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
+            pending = (TrialState.WAITING, TrialState.RUNNING)
+            if not baselines or any(counts_toward_total(t) or t.state in pending for t in baselines):
+                return
         params = params_of(self.base)
         batch = params.max_batch_size if params.dynamic_batching else 1
         concurrency = self.space.clamp_concurrency(2 * batch * params.instance_count)
         self.study.enqueue_trial({"concurrency": concurrency}, user_attrs={"baseline": True})
 
     def optimize(self, n_trials: int, callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> None:
-        """Run trials until the study holds ``n_trials`` that count (a resumed study tops up; workers share it)."""
-        if counted_trials(self.study) >= n_trials:
-            return
+        """Run trials until the study holds ``n_trials`` that count: a resumed study tops up, workers share it."""
+        queue = TrialQueue(self.study, self.storage, n_trials)
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            self.study.optimize(self, catch=(TrialFailed,), callbacks=[*callbacks, _StopAtTotal(n_trials)])
+            while (trial := queue.claim()) is not None:
+                with queue.heartbeat(trial):
+                    finished = self._run(trial)
+                for callback in callbacks:
+                    callback(self.study, finished)
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+    def _run(self, trial: optuna.Trial) -> FrozenTrial:
+        """One trial, told to the study however it ends; interruptions are recorded, then passed on."""
+        try:
+            value = self(trial)
+        except TrialFailed:
+            return self.study.tell(trial, state=TrialState.FAIL)
+        except BaseException:
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        return self.study.tell(trial, value)
 
     def __call__(self, trial: optuna.Trial) -> float:
         if trial.user_attrs.get("baseline"):
@@ -185,17 +203,6 @@ class Tuner:
                 "p95_ms": round(measurement.p95_ms, 3), "concurrency": concurrency,
             })
         return measurement.throughput
-
-
-@dataclass(frozen=True)
-class _StopAtTotal:
-    """Stops this worker once the study, across all its workers, holds ``n_trials`` that count."""
-
-    n_trials: int
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if counted_trials(study) >= self.n_trials:
-            study.stop()
 
 
 def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, float], after: dict[str, float]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,3 +71,14 @@ def triton(repository: Path) -> Iterator[EmbeddedServer]:
     """One real server for the session; every test leaves its models as it found them."""
     with EmbeddedServer(repository) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A real PostgreSQL database: .ci/run starts one and exports its URL; in CI these tests must not skip."""
+    url = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must provide AUTOTUNE_TEST_POSTGRES_URL (see .ci/run)")
+        pytest.skip("set AUTOTUNE_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    return url

@@ -23,8 +23,9 @@ def batching(max_batch_size: int, concurrency: int = 2) -> dict[str, object]:
 @pytest.fixture
 def picky_tuner(triton: EmbeddedServer):
     server = ModelServer(triton.url, "picky", explain=triton.last_error)
-    study = optuna.create_study(direction="maximize")
-    yield Tuner(study, server, LoadGenerator(triton.url, "picky", QUICK), SearchSpace(), max_p95_ms=1000.0)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, direction="maximize")
+    yield Tuner(study, storage, server, LoadGenerator(triton.url, "picky", QUICK), SearchSpace(), max_p95_ms=1000.0)
     server.restore()
     server.close()
 
@@ -43,8 +44,9 @@ def test_after_a_refused_config_the_next_valid_one_is_measured(picky_tuner: Tune
 
 def test_a_trial_whose_requests_all_fail_is_failed_with_the_servers_message(triton: EmbeddedServer) -> None:
     server = ModelServer(triton.url, "broken")
-    study = optuna.create_study(direction="maximize")
-    tuner = Tuner(study, server, LoadGenerator(triton.url, "broken", QUICK), SearchSpace(), max_p95_ms=1000.0)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, direction="maximize")
+    tuner = Tuner(study, storage, server, LoadGenerator(triton.url, "broken", QUICK), SearchSpace(), max_p95_ms=1000.0)
     try:
         tuner.enqueue_baseline()
         tuner.optimize(1)
@@ -58,11 +60,12 @@ def test_a_trial_whose_requests_all_fail_is_failed_with_the_servers_message(trit
 
 def test_the_baseline_is_the_model_as_configured_at_the_guides_concurrency(triton: EmbeddedServer) -> None:
     server = ModelServer(triton.url, "mlp")
-    study = optuna.create_study(direction="maximize")
-    tuner = Tuner(study, server, LoadGenerator(triton.url, "mlp", QUICK), SearchSpace(), max_p95_ms=1000.0)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, direction="maximize")
+    tuner = Tuner(study, storage, server, LoadGenerator(triton.url, "mlp", QUICK), SearchSpace(), max_p95_ms=1000.0)
     try:
-        tuner.enqueue_baseline()
-        tuner.enqueue_baseline()
+        tuner.enqueue_baseline(created=True)
+        tuner.enqueue_baseline(created=False)
         tuner.optimize(1)
     finally:
         server.restore()

@@ -1,0 +1,105 @@
+"""Trials of one study handed out to any number of workers, never more than the study's budget.
+
+Every trial starts as a WAITING trial in the study's own queue: the budget is topped up with empty ones, a worker
+claims one with the storage's atomic WAITING -> RUNNING switch, and a claim that would exceed the budget goes back
+to WAITING. A worker keeps its trial's heartbeat; a trial whose heartbeat stops (its worker was killed) is failed
+by the next sweep, and the storage's retry callback queues its parameters again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+POLL_S = 1.0
+
+
+def counts_toward_total(trial: FrozenTrial) -> bool:
+    """Whether a trial uses up one of ``--trials``: it was measured, or failed for a reason of its own.
+
+    A trial cut short by Ctrl-C or by a worker that died does not count; its parameters are tried again.
+    """
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
+    )
+
+
+class TrialQueue:
+    """Claims trials of ``study`` (kept in ``storage``) until ``n_trials`` of them count."""
+
+    def __init__(self, study: optuna.Study, storage: BaseStorage, n_trials: int, poll_s: float = POLL_S) -> None:
+        self.study = study
+        self.storage = storage
+        self.n_trials = n_trials
+        self.poll_s = poll_s
+        self._study_id = storage.get_study_id_from_name(study.study_name)
+        self._heartbeat_s = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+
+    def claim(self) -> optuna.Trial | None:
+        """The next trial to run, or None once the study's budget is spent (waits while others may still fail)."""
+        while True:
+            if self._heartbeat_s is not None:
+                fail_stale_trials(self.study)
+            trials = self.study.get_trials(deepcopy=False)
+            counted = sum(counts_toward_total(t) for t in trials)
+            if counted >= self.n_trials:
+                return None
+            pending = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+            for _ in range(self.n_trials - counted - pending):
+                self.study.enqueue_trial({})
+            trial = self._claim_within_budget()
+            if trial is not None:
+                return trial
+            if self._heartbeat_s is None:
+                # Without heartbeats a dead worker's trial stays RUNNING for ever: do not wait on it.
+                return None
+            time.sleep(self.poll_s)
+
+    def _claim_within_budget(self) -> optuna.Trial | None:
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        # Retries and the baseline carry their parameters: run them before empty slots.
+        for ticket in sorted(waiting, key=lambda t: (not (t.params or t.user_attrs), t.number)):
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, ticket.number)
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                    continue
+                if self._within_budget(ticket.number):
+                    return optuna.Trial(self.study, trial_id)
+                self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
+                return None
+        return None
+
+    def _within_budget(self, number: int) -> bool:
+        """Whether the trials that count, and the running ones claimed before this one, leave room for it."""
+        ahead = sum(counts_toward_total(t) or (t.state == TrialState.RUNNING and t.number < number)
+                    for t in self.study.get_trials(deepcopy=False))
+        return ahead < self.n_trials
+
+    @contextlib.contextmanager
+    def heartbeat(self, trial: optuna.Trial) -> Iterator[None]:
+        """Keep ``trial`` alive in the storage while it runs, so that other workers do not fail it."""
+        if self._heartbeat_s is None:
+            yield
+            return
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.is_set():
+                self.storage.record_heartbeat(trial_id)
+                stop.wait(self._heartbeat_s)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+

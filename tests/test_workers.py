@@ -1,0 +1,124 @@
+"""Several workers on one study, through real shared storages: PostgreSQL and a journal file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from autotune.storage import GRACE_PERIOD_S, open_storage
+from autotune.trial_queue import counts_toward_total
+
+QUICK = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3"]
+
+
+@pytest.fixture(params=["postgresql", "journal"])
+def shared_storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "journal":
+        return f"journal:{tmp_path / 'studies.log'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def worker(repository: Path, storage: str, study: str, trials: int, cwd: Path, tag: str) -> subprocess.Popen[str]:
+    """One ``autotune optimize`` process with its own embedded server; ``tag`` lands in its trials' ``gpu``."""
+    (cwd / "space.yaml").write_text("concurrency: {low: 1, high: 8}\ninstance_count: {low: 1, high: 2}\n")
+    args = [sys.executable, "-m", "autotune", "optimize", "--max-p95", "100ms", "--trials", str(trials),
+            "--model-repository", str(repository), "--storage", storage, "--study", study,
+            "--space", "space.yaml", *QUICK]
+    return subprocess.Popen(args, cwd=cwd, env={**os.environ, "CUDA_VISIBLE_DEVICES": tag},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def load(storage: str, study: str) -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=open_storage(storage, create=False))
+
+
+def test_two_workers_share_the_budget_of_one_study(
+    shared_storage: str, repository: Path, tmp_path: Path
+) -> None:
+    study_name = f"shared-{uuid.uuid4().hex[:8]}"
+    workers = [worker(repository, shared_storage, study_name, 6, tmp_path, tag) for tag in ("a", "b")]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err for _, err in outputs]
+
+    trials = load(shared_storage, study_name).trials
+    finished = [t for t in trials if t.state.is_finished()]
+    assert len(finished) == 6 and all(t.state == TrialState.COMPLETE for t in finished)
+    assert len({t.number for t in finished}) == 6
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert all({"throughput", "p95_ms", "config", "server_url"} <= set(t.user_attrs) for t in finished)
+    assert {t.user_attrs["gpu"] for t in finished} == {"a", "b"}, "both workers should have measured trials"
+    assert sum(bool(t.user_attrs.get("baseline")) for t in finished) == 1
+
+
+def test_a_killed_workers_trial_fails_and_its_parameters_are_retried(
+    postgres_url: str, repository: Path, tmp_path: Path
+) -> None:
+    study_name = f"killed-{uuid.uuid4().hex[:8]}"
+    doomed = worker(repository, postgres_url, study_name, 6, tmp_path, "doomed")
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            running = load(postgres_url, study_name).get_trials(states=(TrialState.RUNNING,))
+        except KeyError:
+            continue
+        victim = next((t for t in running if t.user_attrs.get("gpu") == "doomed"), None)
+    assert victim is not None, "the doomed worker never started a trial"
+    survivor = worker(repository, postgres_url, study_name, 6, tmp_path, "survivor")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    _, stderr = survivor.communicate(timeout=120 + 3 * GRACE_PERIOD_S)
+    assert survivor.returncode == 0, stderr
+
+    trials = load(postgres_url, study_name).trials
+    killed = next(t for t in trials if t.number == victim.number)
+    assert killed.state == TrialState.FAIL and not counts_toward_total(killed)
+    retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
+    assert [t.state for t in retries] == [TrialState.COMPLETE]
+    assert retries[0].params == killed.params and retries[0].user_attrs["gpu"] == "survivor"
+    assert sum(counts_toward_total(t) for t in trials) == 6
+
+
+def test_storage_passwords_never_show(postgres_url: str, triton, tmp_path: Path) -> None:
+    password = make_url(postgres_url).password
+    assert password, "the test database URL should carry a password"
+    study_name = f"secret-{uuid.uuid4().hex[:8]}"
+    result = subprocess.run([sys.executable, "-m", "autotune", "optimize", "--max-p95", "100ms", "--trials", "2",
+                             "--url", triton.url, "--storage", postgres_url, "--study", study_name, *QUICK],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    best = subprocess.run([sys.executable, "-m", "autotune", "best", "--storage", postgres_url, "--study", study_name],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    storage = open_storage(postgres_url, create=False)
+    (summary,) = [s for s in storage.get_all_studies() if s.study_name == study_name]
+    recorded = repr(summary.user_attrs) + repr(summary.system_attrs) + "".join(
+        repr(t.user_attrs) + repr(t.system_attrs) for t in load(postgres_url, study_name).trials)
+    for text in (result.stdout, result.stderr, best.stdout, best.stderr, recorded):
+        assert password not in text
+    assert ":***@" in result.stderr and ":***@" in best.stdout
+
+
+def test_gpus_runs_one_worker_per_gpu_on_one_study(repository: Path, tmp_path: Path) -> None:
+    storage = f"journal:{tmp_path / 'studies.log'}"
+    (tmp_path / "space.yaml").write_text("concurrency: {low: 1, high: 8}\ninstance_count: {low: 1, high: 2}\n")
+    result = subprocess.run([sys.executable, "-m", "autotune", "optimize", "--gpus", "0,1", "--max-p95", "100ms",
+                             "--trials", "5", "--model-repository", str(repository), "--storage", storage,
+                             "--study", "gpus", "--space", "space.yaml", *QUICK],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    finished = [t for t in load(storage, "gpus").trials if t.state.is_finished()]
+    assert len(finished) == 5
+    assert {t.user_attrs["gpu"] for t in finished} == {"0", "1"}
+    assert result.stdout.startswith("Study gpus: 5 trials")
