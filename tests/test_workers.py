@@ -122,3 +122,18 @@ def test_gpus_runs_one_worker_per_gpu_on_one_study(repository: Path, tmp_path: P
     assert len(finished) == 5
     assert {t.user_attrs["gpu"] for t in finished} == {"0", "1"}
     assert result.stdout.startswith("Study gpus: 5 trials")
+
+
+def test_a_worker_on_other_hardware_is_warned(triton, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name="mixed", storage=storage, direction="maximize")
+    for key, value in {"model": "mlp", "max_p95_ms": 100.0, "server_version": "1.0.0-elsewhere"}.items():
+        study.set_user_attr(key, value)
+    result = subprocess.run([sys.executable, "-m", "autotune", "optimize", "--max-p95", "100ms", "--trials", "1",
+                             "--url", triton.url, "--storage", storage, "--study", "mixed", *QUICK],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "warning: this worker's server differs from the study's: server_version 2.51.0 " \
+           "(the study has 1.0.0-elsewhere)" in result.stderr
+    (trial,) = load(storage, "mixed").get_trials(states=(TrialState.COMPLETE,))
+    assert trial.user_attrs["server_url"] == triton.url
