@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -21,58 +23,67 @@ def batching(max_batch_size: int, concurrency: int = 2) -> dict[str, object]:
 
 
 @pytest.fixture
-def picky_tuner(triton: EmbeddedServer):
-    server = ModelServer(triton.url, "picky", explain=triton.last_error)
-    storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, direction="maximize")
-    yield Tuner(study, storage, server, LoadGenerator(triton.url, "picky", QUICK), SearchSpace(), max_p95_ms=1000.0)
-    server.restore()
-    server.close()
+def tuner_for(triton: EmbeddedServer) -> Iterator[Callable[[str], Tuner]]:
+    """Tuners of a model on the session's server, in an in-memory study; their models are restored afterwards."""
+    servers: list[ModelServer] = []
+
+    def make(model: str) -> Tuner:
+        server = ModelServer(triton.url, model, explain=triton.last_error)
+        servers.append(server)
+        storage = optuna.storages.InMemoryStorage()
+        study = optuna.create_study(storage=storage, direction="maximize")
+        return Tuner(study, storage, server, LoadGenerator(triton.url, model, QUICK), SearchSpace(), 1000.0)
+
+    yield make
+    for server in servers:
+        server.restore()
+        server.close()
 
 
-def test_after_a_refused_config_the_next_valid_one_is_measured(picky_tuner: Tuner) -> None:
-    picky_tuner.study.enqueue_trial(batching(8))
-    picky_tuner.study.enqueue_trial(batching(1))
-    picky_tuner.optimize(2)
-    refused, accepted = picky_tuner.study.trials
+def test_after_a_refused_config_the_next_valid_one_is_measured(tuner_for: Callable[[str], Tuner]) -> None:
+    tuner = tuner_for("picky")
+    tuner.study.enqueue_trial(batching(8))
+    tuner.study.enqueue_trial(batching(1))
+    tuner.optimize(2)
+    refused, accepted = tuner.study.trials
     assert refused.state == TrialState.FAIL
     assert "picky refuses" in refused.user_attrs["fail_reason"]
     assert accepted.state == TrialState.COMPLETE and is_feasible(accepted)
     assert accepted.user_attrs["config"]["max_batch_size"] == 1
-    assert best_trial(picky_tuner.study).number == accepted.number
+    assert best_trial(tuner.study).number == accepted.number
 
 
-def test_a_trial_whose_requests_all_fail_is_failed_with_the_servers_message(triton: EmbeddedServer) -> None:
-    server = ModelServer(triton.url, "broken")
-    storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, direction="maximize")
-    tuner = Tuner(study, storage, server, LoadGenerator(triton.url, "broken", QUICK), SearchSpace(), max_p95_ms=1000.0)
-    try:
-        tuner.enqueue_baseline()
-        tuner.optimize(1)
-    finally:
-        server.restore()
-        server.close()
-    (trial,) = study.trials
+def test_a_trial_whose_requests_all_fail_is_failed_with_the_servers_message(
+    tuner_for: Callable[[str], Tuner],
+) -> None:
+    tuner = tuner_for("broken")
+    tuner.enqueue_baseline()
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
     assert trial.state == TrialState.FAIL
     assert "broken on purpose" in trial.user_attrs["fail_reason"]
 
 
-def test_the_baseline_is_the_model_as_configured_at_the_guides_concurrency(triton: EmbeddedServer) -> None:
-    server = ModelServer(triton.url, "mlp")
-    storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, direction="maximize")
-    tuner = Tuner(study, storage, server, LoadGenerator(triton.url, "mlp", QUICK), SearchSpace(), max_p95_ms=1000.0)
-    try:
-        tuner.enqueue_baseline(created=True)
-        tuner.enqueue_baseline(created=False)
-        tuner.optimize(1)
-    finally:
-        server.restore()
-        server.close()
-    (baseline,) = study.trials
+def test_the_baseline_is_the_model_as_configured_at_the_guides_concurrency(
+    tuner_for: Callable[[str], Tuner],
+) -> None:
+    tuner = tuner_for("mlp")
+    tuner.enqueue_baseline(created=True)
+    tuner.enqueue_baseline(created=False)
+    tuner.optimize(1)
+    (baseline,) = tuner.study.trials
     assert baseline.user_attrs["baseline"] is True
     # mlp has no dynamic batcher and one instance: 2 x batch 1 x 1 instance.
     assert baseline.params == {"concurrency": 2}
     assert baseline.user_attrs["config"] == {"dynamic_batching": False, "max_batch_size": 32, "instance_count": 1}
     assert baseline.user_attrs["server_batches"] > 0
+
+
+def test_the_budget_counts_measured_trials_and_leaves_spare_slots_waiting(tuner_for: Callable[[str], Tuner]) -> None:
+    tuner = tuner_for("mlp")
+    tuner.enqueue_baseline()
+    tuner.optimize(2)
+    tuner.optimize(2)
+    states = [t.state for t in tuner.study.trials]
+    assert states.count(TrialState.COMPLETE) == 2
+    assert set(states) <= {TrialState.COMPLETE, TrialState.WAITING}
