@@ -27,8 +27,9 @@ _ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+ +\d+ [^\]]+\] (.*)$")
 
 
 def _die_with_parent() -> None:
+    """SIGTERM, not SIGKILL: the server then shuts down its Python-backend model processes too."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:

@@ -195,26 +195,28 @@ def _trials_if_any(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def test_the_embedded_server_does_not_outlive_autotune(repository: Path, tmp_path: Path) -> None:
+def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune(
+    repository: Path, tmp_path: Path
+) -> None:
     args = [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "50",
             "--model-repository", str(repository), "--storage", f"sqlite:///{tmp_path / 'db'}", *QUICK]
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not _children(process.pid):
+    while time.monotonic() < deadline and "triton_python_b" not in _descendants(process.pid).values():
         time.sleep(0.2)
-    servers = _children(process.pid)
-    assert servers, "autotune should have started tritonserver"
+    started = _descendants(process.pid)
+    assert {"tritonserver", "triton_python_b"} <= set(started.values()), started
     process.kill()
     process.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in servers):
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in servers)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(pid) for pid in started):
+        time.sleep(0.2)
+    assert not [started[pid] for pid in started if _alive(pid)]
 
 
-def _children(pid: int) -> list[int]:
-    """Process ids of ``tritonserver`` processes whose parent is ``pid``."""
-    found = []
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid``, by id, with its (kernel-truncated) name."""
+    parents: dict[int, tuple[int, str]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -222,8 +224,15 @@ def _children(pid: int) -> list[int]:
             except OSError:
                 continue
             name, rest = stat[stat.index("(") + 1: stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-            if name == "tritonserver" and int(rest[1]) == pid:
-                found.append(int(entry.name))
+            parents[int(entry.name)] = (int(rest[1]), name)
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, (parent, name) in parents.items():
+            if parent == current and child not in found:
+                found[child] = name
+                frontier.append(child)
     return found
 
 
@@ -233,5 +242,3 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
-
-
