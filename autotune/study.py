@@ -32,7 +32,7 @@ CONSTRAINTS_KEY = "constraints"
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that Optuna records the running trial as failed."""
+    """SIGTERM, raised like Ctrl-C so that the running trial is recorded as failed and the model restored."""
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
