@@ -207,7 +207,7 @@ class Tuner:
 
 def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, float], after: dict[str, float]) -> None:
     for key, value in measurement.as_dict().items():
-        if key in ("throughput", "p50_ms", "p90_ms", "p95_ms", "p99_ms") and not math.isfinite(value):
+        if value == "" or (isinstance(value, float) and not math.isfinite(value)):
             continue
         trial.set_user_attr(key, round(value, 4) if isinstance(value, float) else value)
     delta = {key: after[key] - before[key] for key in after}

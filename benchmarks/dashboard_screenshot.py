@@ -21,10 +21,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-PAGES = {"overview": "", "trials": "/trials", "table": "/trialTable", "note": "/note"}
+# Page, and window height: a trial's page is tall, with its note, parameters and user attributes.
+PAGES = {"overview": ("", 1100), "trials": ("/trials", 2600), "note": ("/note", 1100)}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1500,1100", "--virtual-time-budget=15000"]
+                  "--hide-scrollbars", "--virtual-time-budget=15000"]
 
 
 def main() -> int:
@@ -40,16 +41,17 @@ def main() -> int:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     dashboard = subprocess.Popen([sys.executable, "-m", "autotune", "dashboard", "--storage", args.storage,
-                                  "--port", str(port)], stdout=subprocess.DEVNULL)
+                                  "--port", str(port)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
     try:
         studies = _wait_for_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
         study = next(s for s in studies if args.study in (None, s["study_name"]))
         args.output.mkdir(parents=True, exist_ok=True)
-        for name, suffix in PAGES.items():
+        for name, (suffix, height) in PAGES.items():
             url = f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}{suffix}"
             target = args.output / f"dashboard-{name}.png"
             with tempfile.TemporaryDirectory() as profile:
-                subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                subprocess.run([chromium, *CHROMIUM_FLAGS, f"--window-size=1500,{height}", f"--user-data-dir={profile}",
                                 f"--screenshot={target.resolve()}", url], check=True, capture_output=True, timeout=120)
             print(f"{name}: {url} -> {target}")
     finally:
