@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -117,6 +118,10 @@ def optimize(
     warmup: Annotated[str, typer.Option(help="Load before the first window counts.")] = "1s",
     max_windows: Annotated[int, typer.Option(min=3, help="Windows per trial before giving up on stability.")] = 8,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout at the end.")] = False,
+    timeout: Annotated[str | None, typer.Option(
+        help="Stop this worker after this long, e.g. 10m; the study stays resumable.")] = None,
+    patience: Annotated[int | None, typer.Option(
+        min=1, help="Stop once this many trials in a row bring no better feasible throughput.")] = None,
     gpus: Annotated[str | None, typer.Option(
         help="GPU ids, e.g. 0,1: one worker with its own embedded server per GPU (CUDA_VISIBLE_DEVICES), "
         "all on one study.")] = None,
@@ -132,6 +137,7 @@ def optimize(
         settings = LoadSettings(warmup_s=parse_duration(warmup, "--warmup"),
                                 window_s=parse_duration(window, "--window"), max_windows=max_windows)
         search_space = SearchSpace.from_yaml(space) if space is not None else None
+        budget = Budget(trials, parse_duration(timeout, "--timeout") if timeout else None, patience)
         with _server(url, model_repository) as (server_url, embedded):
             try:
                 name = _choose_model(server_url, model or (search_space.model if search_space else None))
@@ -140,7 +146,7 @@ def optimize(
                 server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
                 attrs = {"cpu": _cpu()} if embedded else {}
                 study = _tune(server, LoadGenerator(server_url, name, settings), search_space, study_name=study_name,
-                              storage=storage, seed=seed, limit_ms=limit_ms, trials=trials, quiet=json_output,
+                              storage=storage, seed=seed, limit_ms=limit_ms, budget=budget, quiet=json_output,
                               attrs=attrs)
             except InferenceServerException as error:
                 log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
@@ -194,6 +200,15 @@ def _without_option(args: list[str], name: str) -> list[str]:
     return kept
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How much one ``optimize`` may spend: the study's total trials, and this worker's time and patience."""
+
+    trials: int
+    timeout_s: float | None = None
+    patience: int | None = None
+
+
 def _default_space(model: str) -> SearchSpace:
     path = Path("studies") / f"{model}.yaml"
     return SearchSpace.from_yaml(path) if path.exists() else SearchSpace()
@@ -210,7 +225,7 @@ def _cpu() -> str:
 
 
 def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
-          seed: int | None, limit_ms: float, trials: int, quiet: bool, attrs: dict[str, str]) -> optuna.Study:
+          seed: int | None, limit_ms: float, budget: Budget, quiet: bool, attrs: dict[str, str]) -> optuna.Study:
     """Run the study's trials; whatever happens, the model goes back to how the server had it."""
     worker = {"worker_host": socket.gethostname(), "server_url": server.url,
               "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "none")}
@@ -226,14 +241,18 @@ def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, st
         tuner = Tuner(study, opened, server, loadgen, space, limit_ms, worker)
         tuner.enqueue_baseline(created)
         try:
+            limits = {"timeout_s": budget.timeout_s, "patience": budget.patience}
             if quiet:
-                tuner.optimize(trials)
+                tuner.optimize(budget.trials, **limits)
             else:
                 console = Console(stderr=True, soft_wrap=True)
-                console.print(f"Tuning {server.model} on {server.url}: {trials} trials, p95 limit {limit_ms:g} ms, "
-                              f"study {study_name} in {mask_password(storage)}", markup=False, highlight=False)
-                with TrialProgress(study, trials, limit_ms, console) as progress:
-                    tuner.optimize(trials, callbacks=[progress])
+                console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit "
+                              f"{limit_ms:g} ms, study {study_name} in {mask_password(storage)}",
+                              markup=False, highlight=False)
+                with TrialProgress(study, budget.trials, limit_ms, console) as progress:
+                    early_stop = tuner.optimize(budget.trials, callbacks=[progress], **limits)
+                if early_stop is not None:
+                    console.print(early_stop, markup=False, highlight=False)
         finally:
             save_note(study, study_note(study))
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -87,6 +88,15 @@ def counted_trials(study: optuna.Study) -> int:
     return sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
 
 
+def trials_since_best(study: optuna.Study) -> int:
+    """How many counted trials finished after the best feasible one (all of them when none is feasible)."""
+    counted = [t for t in study.get_trials(deepcopy=False) if counts_toward_total(t)]
+    best = best_trial(study)
+    if best is None:
+        return len(counted)
+    return sum(t.datetime_complete > best.datetime_complete for t in counted)
+
+
 def hardware_differences(study: optuna.Study, attrs: dict[str, object]) -> list[str]:
     """Where this worker's server differs from the one the study was started on, as readable phrases."""
     return [f"{key} {attrs[key]} (the study has {study.user_attrs[key]})" for key in HARDWARE_ATTRS
@@ -147,9 +157,20 @@ class Tuner:
         concurrency = self.space.clamp_concurrency(2 * batch * params.instance_count)
         self.study.enqueue_trial({"concurrency": concurrency}, user_attrs={"baseline": True})
 
-    def optimize(self, n_trials: int, callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> None:
-        """Run trials until the study holds ``n_trials`` that count: a resumed study tops up, workers share it."""
+    def optimize(
+        self,
+        n_trials: int,
+        callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+        timeout_s: float | None = None,
+        patience: int | None = None,
+    ) -> str | None:
+        """Run trials until the study holds ``n_trials`` that count: a resumed study tops up, workers share it.
+
+        This worker stops sooner once ``timeout_s`` has passed, or once ``patience`` trials in a row brought no
+        better feasible throughput. Returns why it stopped early, or None when the study holds its trials.
+        """
         queue = TrialQueue(self.study, self.storage, n_trials)
+        started = time.monotonic()
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             while (trial := queue.claim()) is not None:
@@ -157,8 +178,13 @@ class Tuner:
                     finished = self._run(trial)
                 for callback in callbacks:
                     callback(self.study, finished)
+                if timeout_s is not None and time.monotonic() - started >= timeout_s:
+                    return f"stopped after {time.monotonic() - started:.0f} s, the --timeout"
+                if patience is not None and trials_since_best(self.study) >= patience:
+                    return f"stopped: {patience} trials in a row brought no improvement (--patience)"
         finally:
             signal.signal(signal.SIGTERM, previous)
+        return None
 
     def _run(self, trial: optuna.Trial) -> FrozenTrial:
         """One trial, told to the study however it ends; interruptions are recorded, then passed on."""

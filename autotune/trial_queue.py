@@ -1,9 +1,9 @@
 """Trials of one study handed out to any number of workers, never more than the study's budget.
 
-Every trial starts as a WAITING trial in the study's own queue: the budget is topped up with empty ones, a worker
-claims one with the storage's atomic WAITING -> RUNNING switch, and a claim that would exceed the budget goes back
-to WAITING. A worker keeps its trial's heartbeat; a trial whose heartbeat stops (its worker was killed) is failed
-by the next sweep, and the storage's retry callback queues its parameters again.
+Every trial starts as a WAITING trial in the study's own queue: an empty one is added whenever none waits and the
+budget has room, a worker claims one with the storage's atomic WAITING -> RUNNING switch, and a claim that would
+exceed the budget goes back to WAITING. A worker keeps its trial's heartbeat; a trial whose heartbeat stops (its
+worker was killed) is failed by the next sweep, and the storage's retry callback queues its parameters again.
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ class TrialQueue:
             counted = sum(counts_toward_total(t) for t in trials)
             if counted >= self.n_trials:
                 return None
-            pending = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
-            for _ in range(self.n_trials - counted - pending):
-                self.study.enqueue_trial({})
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if not waiting and counted + running < self.n_trials:
+                self.study.enqueue_trial({})  # one slot at a time: a worker that stops early leaves none behind
             trial = self._claim_within_budget()
             if trial is not None:
                 return trial

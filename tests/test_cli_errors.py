@@ -68,3 +68,7 @@ def test_resuming_a_study_with_another_limit(triton, tmp_path: Path) -> None:
     message = autotune_error("optimize", "--max-p95", "10ms", "--url", triton.url, "--storage", storage,
                              "--study", "mine", "--model", "mlp", cwd=tmp_path)
     assert "study 'mine' was run with max_p95_ms = 50.0, not 10.0" in message
+
+
+def test_a_timeout_without_a_unit(tmp_path: Path) -> None:
+    assert "--timeout" in autotune_error("optimize", "--max-p95", "10ms", "--timeout", "10", cwd=tmp_path)

@@ -79,11 +79,24 @@ def test_the_baseline_is_the_model_as_configured_at_the_guides_concurrency(
     assert baseline.user_attrs["server_batches"] > 0
 
 
-def test_the_budget_counts_measured_trials_and_leaves_spare_slots_waiting(tuner_for: Callable[[str], Tuner]) -> None:
+def test_a_study_that_holds_its_budget_runs_nothing_more(tuner_for: Callable[[str], Tuner]) -> None:
     tuner = tuner_for("mlp")
     tuner.enqueue_baseline()
     tuner.optimize(2)
     tuner.optimize(2)
-    states = [t.state for t in tuner.study.trials]
-    assert states.count(TrialState.COMPLETE) == 2
-    assert set(states) <= {TrialState.COMPLETE, TrialState.WAITING}
+    assert [t.state for t in tuner.study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+
+
+def test_patience_stops_when_trials_bring_no_improvement(tuner_for: Callable[[str], Tuner]) -> None:
+    tuner = tuner_for("mlp")
+    tuner.max_p95_ms = 0.001  # nothing can be feasible, so no trial improves on the last
+    stopped = tuner.optimize(10, patience=2)
+    assert stopped is not None and "--patience" in stopped
+    assert [t.state for t in tuner.study.trials] == [TrialState.COMPLETE] * 2, "no slot is left behind"
+
+
+def test_timeout_stops_this_worker_after_the_running_trial(tuner_for: Callable[[str], Tuner]) -> None:
+    tuner = tuner_for("mlp")
+    stopped = tuner.optimize(10, timeout_s=0.001)
+    assert stopped is not None and "--timeout" in stopped
+    assert len([t for t in tuner.study.trials if t.state.is_finished()]) == 1
