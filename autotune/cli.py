@@ -144,10 +144,9 @@ def optimize(
                 search_space = search_space or _default_space(name)
                 study_name = study_name or f"{name}-p95-{format_ms(limit_ms)}"
                 server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
-                attrs = {"cpu": _cpu()} if embedded else {}
                 study = _tune(server, LoadGenerator(server_url, name, settings), search_space, study_name=study_name,
                               storage=storage, seed=seed, limit_ms=limit_ms, budget=budget, quiet=json_output,
-                              attrs=attrs)
+                              hardware={"cpu": _cpu()} if embedded else {})
             except InferenceServerException as error:
                 log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
                 raise AutotuneError(f"lost the Triton server at {server_url}: {error.message()}{log}") from None
@@ -225,13 +224,13 @@ def _cpu() -> str:
 
 
 def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
-          seed: int | None, limit_ms: float, budget: Budget, quiet: bool, attrs: dict[str, str]) -> optuna.Study:
+          seed: int | None, limit_ms: float, budget: Budget, quiet: bool, hardware: dict[str, str]) -> optuna.Study:
     """Run the study's trials; whatever happens, the model goes back to how the server had it."""
     worker = {"worker_host": socket.gethostname(), "server_url": server.url,
               "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "none")}
     try:
         attrs = {"model": server.model, "max_p95_ms": limit_ms, "space": space.source,
-                 "base_config": to_pbtxt(server.original), **server.server_info(), **attrs}
+                 "base_config": to_pbtxt(server.original), **server.server_info(), **hardware}
         opened = open_storage(storage, create=True)
         study, created = open_study(study_name, opened, seed, attrs)
         differences = hardware_differences(study, attrs)
@@ -240,19 +239,14 @@ def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, st
                        " Its trials record worker_host and server_url, so they can be told apart.", err=True)
         tuner = Tuner(study, opened, server, loadgen, space, limit_ms, worker)
         tuner.enqueue_baseline(created)
+        console = Console(stderr=True, soft_wrap=True, quiet=quiet)
+        console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit {limit_ms:g} ms, "
+                      f"study {study_name} in {mask_password(storage)}", markup=False, highlight=False)
         try:
-            limits = {"timeout_s": budget.timeout_s, "patience": budget.patience}
-            if quiet:
-                tuner.optimize(budget.trials, **limits)
-            else:
-                console = Console(stderr=True, soft_wrap=True)
-                console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit "
-                              f"{limit_ms:g} ms, study {study_name} in {mask_password(storage)}",
-                              markup=False, highlight=False)
-                with TrialProgress(study, budget.trials, limit_ms, console) as progress:
-                    early_stop = tuner.optimize(budget.trials, callbacks=[progress], **limits)
-                if early_stop is not None:
-                    console.print(early_stop, markup=False, highlight=False)
+            with TrialProgress(study, budget.trials, limit_ms, console) as progress:
+                early_stop = tuner.optimize(budget.trials, [progress], budget.timeout_s, budget.patience)
+            if early_stop is not None:
+                console.print(early_stop, markup=False, highlight=False)
         finally:
             save_note(study, study_note(study))
     finally:
@@ -302,7 +296,7 @@ def report(
     """Print the summary table and write plots: throughput vs p95 with the limit, vs concurrency, importances."""
     with _one_line_errors():
         study = load_study(study_name, storage)
-        from autotune.plots import write_report
+        from autotune.plots import write_report  # matplotlib loads slowly: only for this command
 
         files = write_report(study, output or Path("studies") / study.study_name / "report")
         typer.echo(summary(study))
@@ -329,6 +323,3 @@ def run() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     app(prog_name="autotune")
 
-
-if __name__ == "__main__":
-    sys.exit(run())

@@ -12,7 +12,10 @@ from autotune.study import best_trial, counted_trials
 
 
 class TrialProgress:
-    """An Optuna callback; use it as a context manager around ``study.optimize``."""
+    """A callback for ``Tuner.optimize``; use it as a context manager around the call.
+
+    Quiet with a quiet console; the bar only on a terminal.
+    """
 
     def __init__(self, study: optuna.Study, n_trials: int, max_p95_ms: float, console: Console) -> None:
         self._n_trials = n_trials
@@ -21,7 +24,7 @@ class TrialProgress:
         self._bar = Progress(
             TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[best]}"), console=console, transient=True,
-        ) if console.is_terminal else None
+        ) if console.is_terminal and not console.quiet else None
         if self._bar is not None:
             self._task = self._bar.add_task("", total=n_trials, completed=counted_trials(study), best=_best(study))
 

@@ -60,7 +60,8 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
     if best is None:
         lines += ["", f"No trial met the p95 limit of {max_p95_ms:g} ms without errors."]
         return "\n".join(lines)
-    gain = f" ({best.value / baseline.value:.2f}x the baseline)" if baseline is not None and baseline.value else ""
+    ratio = _gain(best, baseline)
+    gain = f" ({ratio:.2f}x the baseline)" if ratio is not None else ""
     lines += ["", f"Best (trial {best.number}): {_pa_line(best)}{gain}", f"  {describe(best.user_attrs['config'])}"]
     ranked = sorted((t for t in trials if is_feasible(t)), key=lambda t: -(t.value or 0.0))[:top]
     lines += ["", f"Top {len(ranked)} feasible configurations:",
@@ -84,11 +85,18 @@ def study_note(study: optuna.Study) -> str:
     if found is None:
         return f"No trial has met the p95 limit of {limit} ms without errors yet."
     config, best = found
-    baseline = baseline_trial(study)
-    gain = f", {best.value / baseline.value:.2f}x the baseline" if baseline is not None and baseline.value else ""
+    ratio = _gain(best, baseline_trial(study))
+    gain = f", {ratio:.2f}x the baseline" if ratio is not None else ""
     return (f"## Best feasible: trial {best.number}\n\n{best.value:.1f} infer/sec at concurrency "
             f"{best.user_attrs['concurrency']}, p95 {best.user_attrs['p95_ms']:.2f} ms (limit {limit} ms){gain}.\n\n"
             f"```\n{to_pbtxt(config)}```\n")
+
+
+def _gain(best: FrozenTrial | None, baseline: FrozenTrial | None) -> float | None:
+    """The best trial's throughput over the baseline's, when both exist."""
+    if best is None or baseline is None or not baseline.value:
+        return None
+    return (best.value or 0.0) / baseline.value
 
 
 def trial_json(trial: FrozenTrial | None) -> dict[str, Any] | None:
@@ -111,7 +119,7 @@ def study_json(study: optuna.Study, storage: str, output: Path | None) -> dict[s
         "trials": {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState},
         "baseline": trial_json(baseline),
         "best": trial_json(best),
-        "gain": best.value / baseline.value if best and baseline and baseline.value else None,
+        "gain": _gain(best, baseline),
         "output": str(output) if output is not None and best is not None else None,
     }
 

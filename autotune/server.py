@@ -18,7 +18,7 @@ from autotune.model_config import ModelConfig
 
 
 class ConfigRejected(TrialFailed):
-    """Triton refused to load a configuration (the previous one stays loaded)."""
+    """Triton refused to load a configuration; the model may stay unavailable until the next load."""
 
 
 def repository_models(url: str) -> list[str]:
