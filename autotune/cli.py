@@ -25,11 +25,12 @@ from tritonclient.utils import InferenceServerException
 
 from autotune.embedded import EmbeddedServer
 from autotune.errors import AutotuneError
-from autotune.loadgen import LoadGenerator, LoadSettings
-from autotune.model_config import to_pbtxt
+from autotune.inputs import InputSpec, parse_shape
+from autotune.loadgen import LoadGenerator, LoadSettings, Measurement
+from autotune.model_config import override, to_pbtxt
 from autotune.progress import TrialProgress
 from autotune.report import best_config, export, study_json, study_note, summary
-from autotune.server import ModelServer, repository_models
+from autotune.server import ModelServer, repository_models, server_times
 from autotune.space import SearchSpace
 from autotune.storage import DEFAULT_STORAGE, mask_password, open_storage
 from autotune.study import Terminated, Tuner, hardware_differences, load_study, open_study
@@ -77,6 +78,33 @@ def _choose_model(url: str, model: str | None) -> str:
     raise AutotuneError(f"the repository holds several models ({', '.join(names)}); choose one with --model")
 
 
+ModelRepository = Annotated[Path, typer.Option(
+    help="Model repository served by the embedded Triton server (ignored with --url).")]
+Url = Annotated[str | None, typer.Option(
+    help="gRPC host:port of your own Triton server, started with --model-control-mode=explicit. "
+    "Default: start the embedded server on loopback.")]
+Window = Annotated[str, typer.Option(help="Length of one measurement window.")]
+Warmup = Annotated[str, typer.Option(help="Load before the first window counts.")]
+MaxWindows = Annotated[int, typer.Option(min=3, help="Windows per point before giving up on stability.")]
+Shapes = Annotated[list[str] | None, typer.Option(
+    "--shape", help="Size of an input's dynamic dimensions, without the batch one: NAME:d1,d2 (repeatable).")]
+InputData = Annotated[Path | None, typer.Option(
+    help="Request data instead of random tensors: perf_analyzer's JSON format, or .npz keyed by input name.")]
+ClientProcesses = Annotated[int, typer.Option(
+    min=1, help="Client processes sharing the requests in flight; raise it when one cannot keep a fast "
+    "server busy.")]
+
+
+def _load_generator(url: str, model: str, window: str, warmup: str, max_windows: int, processes: int,
+                    shapes: list[str] | None, input_data: Path | None) -> LoadGenerator:
+    settings = LoadSettings(warmup_s=parse_duration(warmup, "--warmup"), window_s=parse_duration(window, "--window"),
+                            max_windows=max_windows, processes=processes)
+    if input_data is not None and not input_data.is_file():
+        raise AutotuneError(f"--input-data {input_data}: no such file")
+    inputs = InputSpec(dict(parse_shape(text) for text in shapes or []), input_data)
+    return LoadGenerator(url, model, settings, inputs)
+
+
 StudyName = Annotated[str | None, typer.Option("--study", help="Study name. Default: the storage's only study.")]
 Storage = Annotated[str, typer.Option(
     help="Optuna storage: sqlite:///FILE, postgresql://USER:PASSWORD@HOST/DB, mysql://..., or journal:FILE.")]
@@ -98,13 +126,10 @@ def _one_line_errors() -> Iterator[None]:
 @app.command(epilog="Example: autotune optimize --url gpu-box:8001 --model resnet50 --max-p95 20ms --trials 40")
 def optimize(
     max_p95: Annotated[str, typer.Option(help="p95 latency limit with a unit: 800us, 200ms, 1.5s.")],
-    model_repository: Annotated[Path, typer.Option(
-        help="Model repository served by the embedded Triton server (ignored with --url).")] = Path("model_repository"),
+    model_repository: ModelRepository = Path("model_repository"),
     model: Annotated[str | None, typer.Option(
         help="Model to tune. Default: the repository's only model, or the demo model 'mlp'.")] = None,
-    url: Annotated[str | None, typer.Option(
-        help="gRPC host:port of your own Triton server, started with --model-control-mode=explicit. "
-        "Default: start the embedded server on loopback.")] = None,
+    url: Url = None,
     trials: Annotated[int, typer.Option(min=1, help="Total trials in the study; a rerun tops up to this.")] = 20,
     study_name: Annotated[str | None, typer.Option(
         "--study", help="Study name. Default: MODEL-p95-LIMIT, e.g. mlp-p95-200ms.")] = None,
@@ -114,9 +139,12 @@ def optimize(
     seed: Annotated[int | None, typer.Option(help="Sampler seed, for repeatable studies.")] = None,
     output: Annotated[Path | None, typer.Option(
         help="Where to write the best config.pbtxt. Default: studies/STUDY/config.pbtxt.")] = None,
-    window: Annotated[str, typer.Option(help="Length of one measurement window.")] = "1s",
-    warmup: Annotated[str, typer.Option(help="Load before the first window counts.")] = "1s",
-    max_windows: Annotated[int, typer.Option(min=3, help="Windows per trial before giving up on stability.")] = 8,
+    window: Window = "1s",
+    warmup: Warmup = "1s",
+    max_windows: MaxWindows = 8,
+    shapes: Shapes = None,
+    input_data: InputData = None,
+    client_processes: ClientProcesses = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout at the end.")] = False,
     timeout: Annotated[str | None, typer.Option(
         help="Stop this worker after this long, e.g. 10m; the study stays resumable.")] = None,
@@ -134,8 +162,6 @@ def optimize(
             _run_workers([gpu.strip() for gpu in gpus.split(",") if gpu.strip()])
             return
         limit_ms = parse_duration(max_p95, "--max-p95") * 1e3
-        settings = LoadSettings(warmup_s=parse_duration(warmup, "--warmup"),
-                                window_s=parse_duration(window, "--window"), max_windows=max_windows)
         search_space = SearchSpace.from_yaml(space) if space is not None else None
         budget = Budget(trials, parse_duration(timeout, "--timeout") if timeout else None, patience)
         with _server(url, model_repository) as (server_url, embedded):
@@ -144,7 +170,10 @@ def optimize(
                 search_space = search_space or _default_space(name)
                 study_name = study_name or f"{name}-p95-{format_ms(limit_ms)}"
                 server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
-                study = _tune(server, LoadGenerator(server_url, name, settings), search_space, study_name=study_name,
+                loadgen = _load_generator(server_url, name, window, warmup, max_windows, client_processes, shapes,
+                                          input_data)
+                loadgen.requests()  # inputs that cannot be made fail here, before the study starts
+                study = _tune(server, loadgen, search_space, study_name=study_name,
                               storage=storage, seed=seed, limit_ms=limit_ms, budget=budget, quiet=json_output,
                               hardware={"cpu": _cpu()} if embedded else {})
             except InferenceServerException as error:
@@ -155,6 +184,82 @@ def optimize(
             typer.echo(json.dumps(study_json(study, mask_password(storage), written), indent=2))
         else:
             typer.echo(summary(study, written))
+
+
+@app.command(epilog="Example: autotune measure --model mlp --concurrency 1,4,16 "
+              "--set dynamic_batching.max_queue_delay_microseconds=2000 --set instance_group.count=2")
+def measure(
+    model_repository: ModelRepository = Path("model_repository"),
+    model: Annotated[str | None, typer.Option(
+        help="Model to measure. Default: the repository's only model, or the demo model 'mlp'.")] = None,
+    url: Url = None,
+    concurrency: Annotated[str, typer.Option(help="Requests in flight, one point each: 1,4,16.")] = "1,4,16",
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Model-config field to change for the measurement, in text-format syntax: "
+        "dynamic_batching.max_queue_delay_microseconds=2000, instance_group.count=2 (repeatable).")] = None,
+    window: Window = "1s",
+    warmup: Warmup = "1s",
+    max_windows: MaxWindows = 8,
+    shapes: Shapes = None,
+    input_data: InputData = None,
+    client_processes: ClientProcesses = 1,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of the table.")] = False,
+) -> None:
+    """Measure a model as configured, or with --set overrides, at each concurrency, as perf_analyzer would.
+
+    Uses the same load loop as optimize. The model is put back as it was afterwards.
+    """
+    with _one_line_errors():
+        levels = _concurrency_levels(concurrency)
+        with _server(url, model_repository) as (server_url, embedded):
+            name = _choose_model(server_url, model)
+            server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
+            try:
+                config = server.original
+                for assignment in overrides or []:
+                    config = override(config, assignment)
+                server.apply(config)
+                loadgen = _load_generator(server_url, name, window, warmup, max_windows, client_processes, shapes,
+                                          input_data)
+                loadgen.requests()
+                points = []
+                for level in levels:
+                    before = server.statistics()
+                    measured = loadgen.measure(level)
+                    points.append((measured, server_times(before, server.statistics())))
+                    if not json_output:
+                        typer.echo(_perf_line(measured))
+            except InferenceServerException as error:
+                log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
+                raise AutotuneError(f"lost the Triton server at {server_url}: {error.message()}{log}") from None
+            finally:
+                server.restore()
+                server.close()
+        if json_output:
+            typer.echo(json.dumps({"model": name, "url": server_url if embedded is None else "embedded",
+                                   "config": to_pbtxt(config),
+                                   "points": [{**m.as_dict(), **times} for m, times in points]}, indent=2))
+
+
+def _concurrency_levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise AutotuneError(f"--concurrency {text!r}: expected positive whole numbers, e.g. 1,4,16")
+    return levels
+
+
+def _perf_line(measured: Measurement) -> str:
+    """One point in perf_analyzer's words, with errors and instability said where there were any."""
+    line = (f"Concurrency: {measured.concurrency}, throughput: {measured.throughput:.1f} infer/sec, "
+            f"latency p95 {measured.p95_ms * 1e3:.0f} usec")
+    if measured.errors:
+        line += f", {measured.errors} errors ({measured.first_error})"
+    if not measured.stable and not measured.errors:
+        line += f" (not stable after {measured.windows} windows)"
+    return line
 
 
 def _run_workers(gpus: list[str]) -> None:

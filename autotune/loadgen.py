@@ -1,34 +1,53 @@
 """The asyncio gRPC load loop: keeps N requests in flight and measures throughput and latency percentiles.
 
 It works like perf_analyzer's concurrency mode: a warm-up, then fixed-length measurement windows until the
-last three agree (throughput and p95 within 10 % of their mean) or a window cap is reached. Latencies are
-kept exactly; percentiles are taken over every request of the windows that count.
+last three agree (throughput and p95 within 10 % of their mean) or a window cap is reached; requests still in
+flight then are cancelled, so one point never takes longer than its warm-up plus its windows. Latencies are
+kept exactly and percentiles taken over every request of the windows that count. A request belongs to the
+window in which it completes.
+
+The per-request cost is kept small: each request is serialised once before the load starts and sent as raw
+bytes on a gRPC channel without retries, so no protobuf is built or parsed per request. Where one Python
+process cannot keep up with the server, ``processes`` spreads the requests in flight over several.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, replace
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
 
+import grpc
 import numpy as np
-import tritonclient.grpc.aio as grpcaio
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError
+from autotune.inputs import InputSpec, build_requests, tensor_specs
 
+T = TypeVar("T")
 STABLE_WINDOWS = 3
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+# Retries make gRPC buffer every call; a load generator must see failures, not hide them.
+CHANNEL_OPTIONS = [("grpc.enable_retries", 0), ("grpc.max_send_message_length", -1),
+                   ("grpc.max_receive_message_length", -1)]
 
 
 @dataclass(frozen=True)
 class LoadSettings:
-    """How long and how carefully to measure one point."""
+    """How long and how carefully to measure one point, and with how many client processes."""
 
     warmup_s: float = 1.0
     window_s: float = 1.0
     max_windows: int = 8
     stability: float = 0.10
     request_timeout_s: float = 30.0
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,7 @@ class Measurement:
     windows: int
     stable: bool
     first_error: str = ""
+    cut_short: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -67,104 +87,159 @@ class _Window:
         return float(np.percentile(self.latencies, 95)) if len(self.latencies) else float("inf")
 
 
-class _Recorder:
-    """Collects the latencies of completed requests; the controller swaps it out window by window."""
+class _Load:
+    """``concurrency`` coroutines sending requests back to back; completions are kept with their end time."""
 
-    def __init__(self) -> None:
-        self.latencies: list[float] = []
-        self.errors = 0
+    def __init__(self, url: str, requests: list[bytes], concurrency: int, timeout_s: float) -> None:
+        self._channel = grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
+        self._infer = self._channel.unary_unary(MODEL_INFER)
+        self._requests = requests
+        self._timeout_s = timeout_s
+        self._ends: list[float] = []
+        self._latencies: list[float] = []
+        self._error_ends: list[float] = []
         self.first_error = ""
-        self.started = time.perf_counter()
+        self._tasks = [asyncio.create_task(self._send(i)) for i in range(concurrency)]
 
-    def close(self) -> _Window:
-        return _Window(np.asarray(self.latencies), self.errors, self.first_error, time.perf_counter() - self.started)
+    async def _send(self, offset: int) -> None:
+        requests, infer, timeout = self._requests, self._infer, self._timeout_s
+        step = offset
+        while True:
+            start = time.perf_counter()
+            try:
+                await infer(requests[step % len(requests)], timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                self._error_ends.append(time.perf_counter())
+                self.first_error = self.first_error or error.details() or str(error.code())
+                await asyncio.sleep(0.01)  # a failing server answers at once: do not spin on it
+                continue
+            end = time.perf_counter()
+            self._ends.append(end)
+            self._latencies.append(end - start)
+            step += 1
+
+    def collect(self, until: float) -> tuple[np.ndarray, int, str]:
+        """Latencies of the requests that completed by ``until`` (and are not yet collected), and errors."""
+        done = np.searchsorted(self._ends, until, side="right")
+        latencies = np.asarray(self._latencies[:done])
+        del self._ends[:done], self._latencies[:done]
+        failed = int(np.searchsorted(self._error_ends, until, side="right"))
+        del self._error_ends[:failed]
+        return latencies, failed, self.first_error
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._channel.close()
 
 
-def _random_tensor(name: str, datatype: str, shape: list[int], rng: np.random.Generator) -> grpcaio.InferInput:
-    if any(dim < 0 for dim in shape):
-        raise AutotuneError(f"input {name} has a dynamic shape {shape}: autotune cannot choose its size yet")
-    if datatype == "BYTES":
-        data = np.array([rng.bytes(16) for _ in range(int(np.prod(shape)))], dtype=np.object_).reshape(shape)
-    elif datatype == "BOOL":
-        data = rng.integers(0, 2, size=shape).astype(bool)
-    else:
-        dtype = np.dtype(triton_to_np_dtype(datatype))
-        if dtype.kind == "f":
-            data = rng.standard_normal(shape).astype(dtype)
-        else:
-            data = rng.integers(0, 64, size=shape).astype(dtype)
-    tensor = grpcaio.InferInput(name, shape, datatype)
-    tensor.set_data_from_numpy(data)
-    return tensor
+_RUNNER: asyncio.Runner | None = None
 
 
-async def _inputs(client: grpcaio.InferenceServerClient, model: str) -> list[grpcaio.InferInput]:
-    """Random batch-1 tensors for every input the model declares."""
-    metadata = await client.get_model_metadata(model, as_json=True)
-    config = (await client.get_model_config(model, as_json=True))["config"]
-    batching = int(config.get("max_batch_size", 0)) > 0
-    rng = np.random.default_rng(0)
-    tensors = []
-    for spec in metadata["inputs"]:
-        shape = [int(dim) for dim in spec["shape"]]
-        if batching:
-            shape = [1, *shape[1:]]
-        tensors.append(_random_tensor(spec["name"], spec["datatype"], shape, rng))
-    return tensors
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on this process's one load-loop event loop.
+
+    grpc.aio delivers completions to the loop it first ran on, and a cancelled request can complete after its
+    point ended: a fresh loop per point would leave those completions a closed loop to land on.
+    """
+    global _RUNNER
+    if _RUNNER is None:
+        _RUNNER = asyncio.Runner()
+    return _RUNNER.run(coroutine)
+
+
+def _split(concurrency: int, processes: int) -> list[int]:
+    """Requests in flight per process, as even as possible; never a process with none."""
+    processes = max(1, min(processes, concurrency))
+    return [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
 
 
 class LoadGenerator:
     """Measures one model on one server at a given concurrency."""
 
-    def __init__(self, url: str, model: str, settings: LoadSettings = LoadSettings()) -> None:
+    def __init__(self, url: str, model: str, settings: LoadSettings = LoadSettings(),
+                 inputs: InputSpec | None = None) -> None:
         self.url = url
         self.model = model
         self.settings = settings
+        self.inputs = inputs or InputSpec()
 
-    def measure(self, concurrency: int) -> Measurement:
-        return asyncio.run(self._measure(concurrency))
-
-    async def _measure(self, concurrency: int) -> Measurement:
-        client = grpcaio.InferenceServerClient(self.url)
+    def requests(self) -> list[bytes]:
+        """The serialised requests for the model as the server now runs it (its batching decides the shapes)."""
+        client = grpcclient.InferenceServerClient(self.url)
         try:
-            inputs = await _inputs(client, self.model)
-            self._recorder = _Recorder()
-            stop = asyncio.Event()
-            workers = [asyncio.create_task(self._worker(client, inputs, stop)) for _ in range(concurrency)]
-            try:
-                await asyncio.sleep(self.settings.warmup_s)
-                windows = await self._windows()
-            finally:
-                stop.set()
-                await asyncio.gather(*workers, return_exceptions=True)
-            return self._summarise(concurrency, windows)
+            metadata = client.get_model_metadata(self.model, as_json=True)
+            batching = int(client.get_model_config(self.model, as_json=True)["config"].get("max_batch_size", 0)) > 0
+        except InferenceServerException as error:
+            raise AutotuneError(f"cannot read model {self.model!r} from {self.url}: {error.message()}") from None
         finally:
-            await client.close()
+            client.close()
+        return build_requests(self.model, tensor_specs(metadata, batching), batching, self.inputs)
 
-    async def _worker(self, client: grpcaio.InferenceServerClient, inputs: list, stop: asyncio.Event) -> None:
-        timeout = self.settings.request_timeout_s
-        while not stop.is_set():
-            start = time.perf_counter()
-            try:
-                await client.infer(self.model, inputs, client_timeout=timeout)
-            except InferenceServerException as error:
-                recorder = self._recorder
-                recorder.errors += 1
-                recorder.first_error = recorder.first_error or str(error)
-                await asyncio.sleep(0.01)  # a failing server answers at once: do not spin on it
-                continue
-            self._recorder.latencies.append(time.perf_counter() - start)
+    def measure(self, concurrency: int, stop_early: Callable[[Measurement], bool] | None = None) -> Measurement:
+        """Measure at ``concurrency``. ``stop_early`` sees each window on its own; True ends the point there."""
+        requests = self.requests()
+        shares = _split(concurrency, self.settings.processes)
+        if len(shares) == 1:
+            return _run(self._measure_here(requests, concurrency, stop_early))
+        return self._measure_in_processes(requests, shares, stop_early)
 
-    async def _windows(self) -> list[_Window]:
+    async def _measure_here(self, requests: list[bytes], concurrency: int,
+                            stop_early: Callable[[Measurement], bool] | None) -> Measurement:
+        load = _Load(self.url, requests, concurrency, self.settings.request_timeout_s)
+        try:
+            return await self._windows(concurrency, lambda until: [load.collect(until)], stop_early)
+        finally:
+            await load.close()
+
+    def _measure_in_processes(self, requests: list[bytes], shares: list[int],
+                              stop_early: Callable[[Measurement], bool] | None) -> Measurement:
+        context = multiprocessing.get_context("spawn")
+        pipes = [context.Pipe() for _ in shares]
+        workers = [context.Process(target=_worker, args=(child, self.url, requests, share,
+                                                         self.settings.request_timeout_s), daemon=True)
+                   for (_, child), share in zip(pipes, shares, strict=True)]
+        for worker in workers:
+            worker.start()
+        try:
+            for parent, _ in pipes:
+                parent.recv()  # ready: its load is running
+
+            def collect(until: float) -> list[tuple[np.ndarray, int, str]]:
+                for parent, _ in pipes:
+                    parent.send(until)
+                return [parent.recv() for parent, _ in pipes]
+
+            return _run(self._windows(sum(shares), collect, stop_early))
+        finally:
+            for parent, _ in pipes:
+                with contextlib.suppress(OSError):
+                    parent.send(None)
+            for worker in workers:
+                worker.join(timeout=5)
+                if worker.is_alive():
+                    worker.kill()
+
+    async def _windows(self, concurrency: int, collect: Callable[[float], list[tuple[np.ndarray, int, str]]],
+                       stop_early: Callable[[Measurement], bool] | None) -> Measurement:
+        """Warm up, then close one window after another on a fixed clock until the figures are stable."""
+        settings = self.settings
+        boundary = time.perf_counter() + settings.warmup_s
+        await asyncio.sleep(settings.warmup_s)
+        collect(boundary)
         windows: list[_Window] = []
-        self._recorder = _Recorder()
-        while len(windows) < self.settings.max_windows:
-            await asyncio.sleep(self.settings.window_s)
-            finished, self._recorder = self._recorder, _Recorder()
-            windows.append(finished.close())
-            if finished.errors or self._stable(windows[-STABLE_WINDOWS:]):
+        while len(windows) < settings.max_windows:
+            boundary += settings.window_s
+            await asyncio.sleep(max(0.0, boundary - time.perf_counter()))
+            parts = collect(boundary)
+            windows.append(_Window(np.concatenate([p[0] for p in parts]), sum(p[1] for p in parts),
+                                   next((p[2] for p in parts if p[2]), ""), settings.window_s))
+            if stop_early is not None and stop_early(self._summarise(concurrency, windows[-1:])):
+                return replace(self._summarise(concurrency, windows), cut_short=True)
+            if windows[-1].errors or self._stable(windows[-STABLE_WINDOWS:]):
                 break
-        return windows
+        return self._summarise(concurrency, windows)
 
     def _stable(self, windows: list[_Window]) -> bool:
         if len(windows) < STABLE_WINDOWS:
@@ -195,3 +270,20 @@ class LoadGenerator:
             stable=self._stable(counted),
             first_error=next((w.first_error for w in windows if w.first_error), ""),
         )
+
+
+def _worker(pipe: Connection, url: str, requests: list[bytes], concurrency: int, timeout_s: float) -> None:
+    """A client process: runs its share of the load and answers the controller's window boundaries."""
+
+    async def serve() -> None:
+        load = _Load(url, requests, concurrency, timeout_s)
+        loop = asyncio.get_running_loop()
+        pipe.send("ready")
+        try:
+            while (until := await loop.run_in_executor(None, pipe.recv)) is not None:
+                pipe.send(load.collect(until))
+        finally:
+            await load.close()
+
+    with contextlib.suppress(EOFError, KeyboardInterrupt):
+        asyncio.run(serve())

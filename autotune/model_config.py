@@ -99,3 +99,57 @@ def apply(base: ModelConfig, params: ServerParams) -> ModelConfig:
     for group in config.instance_group:
         group.count = params.instance_count
     return config
+
+
+def override(config: ModelConfig, assignment: str) -> ModelConfig:
+    """A copy of ``config`` with one ``dotted.field=value`` set, in protobuf text-format syntax.
+
+    ``instance_group.count=2`` sets the field on every element of a repeated message (one is added if there
+    are none); ``dynamic_batching.preferred_batch_size=4,8`` fills a repeated number; a message field takes a
+    text-format body, e.g. ``dynamic_batching={}``.
+    """
+    path, sep, value = assignment.partition("=")
+    if not sep or not path.strip():
+        raise AutotuneError(f"--set {assignment!r}: expected KEY=VALUE, e.g. instance_group.count=2")
+    result = ModelConfig()
+    result.CopyFrom(config)
+    *parents, leaf = path.strip().split(".")
+    try:
+        for message in _walk(result, parents):
+            descriptor = message.DESCRIPTOR.fields_by_name.get(leaf)
+            if descriptor is None:
+                raise ValueError(f"{message.DESCRIPTOR.name} has no field {leaf!r}")
+            message.ClearField(leaf)
+            if descriptor.message_type is not None:
+                text = f"{leaf} {value.strip() or '{}'}"
+            elif _is_repeated(message, leaf):
+                text = f"{leaf}: [{value}]"
+            else:
+                text = f"{leaf}: {value}"
+            text_format.Merge(text, message)
+    except (ValueError, text_format.ParseError) as error:
+        raise AutotuneError(f"--set {assignment!r}: {error}") from None
+    return result
+
+
+def _walk(message: Any, names: list[str]) -> list[Any]:
+    """The messages that ``names`` leads to from ``message``, creating missing ones."""
+    if not names:
+        return [message]
+    name, rest = names[0], names[1:]
+    descriptor = message.DESCRIPTOR.fields_by_name.get(name)
+    if descriptor is None or descriptor.message_type is None:
+        raise ValueError(f"{message.DESCRIPTOR.name} has no message field {name!r}")
+    if _is_repeated(message, name):
+        children = getattr(message, name)
+        if not children:
+            children.add()
+        return [found for child in children for found in _walk(child, rest)]
+    child = getattr(message, name)
+    child.SetInParent()
+    return _walk(child, rest)
+
+
+def _is_repeated(message: Any, name: str) -> bool:
+    """Whether a field is repeated; read off its container, since protobuf renamed the descriptor's flag."""
+    return hasattr(getattr(message, name), "extend")

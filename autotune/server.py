@@ -83,7 +83,12 @@ class ModelServer:
         self._current = running
 
     def restore(self) -> None:
-        """Put the model back as it was: its repository config reloaded, or unloaded if it was not loaded."""
+        """Put the model back as it was: its repository config reloaded, or unloaded if it was not loaded.
+
+        A model that autotune found loaded and never reconfigured is left alone.
+        """
+        if self.was_loaded and self._current is self.original:
+            return
         if not self.was_loaded:
             self._client.unload_model(self.model)
             return
@@ -125,6 +130,19 @@ class ModelServer:
             if detail and detail not in reason:
                 reason = f"{reason}: {detail}"
             raise ConfigRejected(f"Triton refused the configuration of {self.model}: {reason}") from None
+
+
+def server_times(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the server did between two ``statistics()`` readings: batches, average batch size, and the mean
+    queue and compute times per request in milliseconds (the last three only when requests succeeded)."""
+    delta = {key: after[key] - before[key] for key in after}
+    executions, requests = delta["execution_count"], delta["success_count"]
+    times: dict[str, float] = {"server_batches": int(executions)}
+    if executions and requests:
+        times["server_avg_batch_size"] = round(requests / executions, 3)
+        for name in ("queue", "compute_input", "compute_infer", "compute_output"):
+            times[f"server_{name}_ms"] = round(delta[f"{name}_ns"] / requests / 1e6, 4)
+    return times
 
 
 def _checked(config: ModelConfig) -> tuple[object, ...]:

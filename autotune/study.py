@@ -22,7 +22,7 @@ from optuna_dashboard import save_note
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.loadgen import LoadGenerator, Measurement
 from autotune.model_config import ModelConfig, ServerParams, apply, params_of, to_pbtxt
-from autotune.server import ModelServer
+from autotune.server import ModelServer, server_times
 from autotune.space import SearchSpace
 from autotune.storage import mask_password, open_storage
 from autotune.trial_queue import TrialQueue, counts_toward_total
@@ -236,14 +236,8 @@ def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, flo
         if value == "" or (isinstance(value, float) and not math.isfinite(value)):
             continue
         trial.set_user_attr(key, round(value, 4) if isinstance(value, float) else value)
-    delta = {key: after[key] - before[key] for key in after}
-    executions = delta["execution_count"]
-    requests = delta["success_count"]
-    trial.set_user_attr("server_batches", int(executions))
-    if executions and requests:
-        trial.set_user_attr("server_avg_batch_size", round(requests / executions, 3))
-        for name in ("queue", "compute_input", "compute_infer", "compute_output"):
-            trial.set_user_attr(f"server_{name}_ms", round(delta[f"{name}_ns"] / requests / 1e6, 4))
+    for key, value in server_times(before, after).items():
+        trial.set_user_attr(key, value)
 
 
 def _best_value(study: optuna.Study) -> float:

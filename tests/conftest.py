@@ -41,22 +41,50 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse(error=pb_utils.TritonError("broken on purpose")) for _ in requests]
 '''
 
+# Answers each request only after longer than any quick measurement lasts.
+SLEEPY_MODEL = '''
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(5)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", np.zeros((1, 1), np.float32))])
+                for _ in requests]
+'''
+
+# Takes inputs of any length: the load generator needs --shape or --input-data to size them.
+DYNAMIC_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUTPUT", pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy().sum(axis=1, keepdims=True))])
+            for r in requests]
+'''
+
 SMALL_CONFIG = '''
 name: "{name}"
 backend: "python"
 max_batch_size: 8
-input [ {{ name: "INPUT", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+input [ {{ name: "INPUT", data_type: TYPE_FP32, dims: [ {dims} ] }} ]
 output [ {{ name: "OUTPUT", data_type: TYPE_FP32, dims: [ 1 ] }} ]
 instance_group [ {{ count: 1, kind: KIND_CPU }} ]
 '''
 
 
 def make_repository(path: Path) -> Path:
-    """The shipped model repository plus the test-only models ``picky`` and ``broken``."""
+    """The shipped model repository plus the test-only models made here."""
     shutil.copytree(ROOT / "model_repository", path)
-    for name, code in (("picky", PICKY_MODEL), ("broken", BROKEN_MODEL)):
+    for name, code, dims in (("picky", PICKY_MODEL, 4), ("broken", BROKEN_MODEL, 4), ("sleepy", SLEEPY_MODEL, 4),
+                             ("dynamic", DYNAMIC_MODEL, -1)):
         (path / name / "1").mkdir(parents=True)
-        (path / name / "config.pbtxt").write_text(SMALL_CONFIG.format(name=name))
+        (path / name / "config.pbtxt").write_text(SMALL_CONFIG.format(name=name, dims=dims))
         (path / name / "1" / "model.py").write_text(code)
     return path
 

@@ -1,9 +1,12 @@
 """The load loop against a real embedded Triton server."""
 
+import time
+from dataclasses import replace
+
 import pytest
 
 from autotune.embedded import EmbeddedServer
-from autotune.loadgen import LoadGenerator, LoadSettings
+from autotune.loadgen import LoadGenerator, LoadSettings, Measurement
 from autotune.server import ModelServer
 
 QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=4)
@@ -34,3 +37,46 @@ def test_failed_requests_are_counted_with_the_servers_message(triton: EmbeddedSe
     assert measurement.requests == 0
     assert measurement.errors > 0
     assert "broken on purpose" in measurement.first_error
+
+
+def test_several_client_processes_share_the_load_and_every_reply_is_counted(triton: EmbeddedServer) -> None:
+    server = ModelServer(triton.url, "mlp")
+    before = server.statistics()
+    measurement = LoadGenerator(triton.url, "mlp", replace(QUICK, processes=2)).measure(concurrency=5)
+    served = server.statistics()["success_count"] - before["success_count"]
+    server.close()
+    assert measurement.concurrency == 5
+    assert measurement.errors == 0
+    assert measurement.requests > 10
+    assert served > measurement.requests
+    assert 0 < measurement.p50_ms <= measurement.p95_ms <= measurement.p99_ms
+
+
+def test_stop_early_sees_each_window_and_cuts_the_point_short(triton: EmbeddedServer) -> None:
+    seen = []
+
+    def hopeless(window: Measurement) -> bool:
+        seen.append(window)
+        return True
+
+    measurement = LoadGenerator(triton.url, "mlp", QUICK).measure(concurrency=2, stop_early=hopeless)
+    assert measurement.cut_short
+    assert measurement.windows == 1
+    assert len(seen) == 1
+    assert seen[0].requests == measurement.requests > 0
+
+
+def test_a_point_ends_on_time_without_waiting_for_requests_in_flight(triton: EmbeddedServer) -> None:
+    server = ModelServer(triton.url, "sleepy")
+    started = time.monotonic()
+    try:
+        measurement = LoadGenerator(triton.url, "sleepy", QUICK).measure(concurrency=2)
+    finally:
+        elapsed = time.monotonic() - started
+        server.restore()
+        server.close()
+    # Each request takes 5 s; the point's warm-up and windows last about 1.4 s.
+    assert elapsed < 4
+    assert measurement.requests == 0
+    assert measurement.errors == 0
+    assert measurement.windows == QUICK.max_windows

@@ -1,9 +1,20 @@
 import json
 from pathlib import Path
 
-from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
+import pytest
+from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelInstanceGroup
 
-from autotune.model_config import ServerParams, apply, from_json, params_of, read_pbtxt, to_json, to_pbtxt
+from autotune.errors import AutotuneError
+from autotune.model_config import (
+    ServerParams,
+    apply,
+    from_json,
+    override,
+    params_of,
+    read_pbtxt,
+    to_json,
+    to_pbtxt,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_CONFIG = '''
@@ -56,3 +67,33 @@ def test_gpu_instances_stay_on_their_gpus(tmp_path: Path) -> None:
     assert group.kind == ModelInstanceGroup.KIND_GPU
     assert list(group.gpus) == [0, 1]
     assert group.count == 4
+
+
+def test_override_sets_a_dotted_field_in_text_format_syntax() -> None:
+    base = read_pbtxt(ROOT / "model_repository" / "mlp" / "config.pbtxt")
+    config = override(base, "dynamic_batching.max_queue_delay_microseconds=2000")
+    config = override(config, "dynamic_batching.preferred_batch_size=4,8")
+    config = override(config, "instance_group.kind=KIND_GPU")
+    config = override(config, "max_batch_size=16")
+    assert params_of(config) == ServerParams(True, 16, 2000, (4, 8), 1)
+    assert config.instance_group[0].kind == ModelInstanceGroup.KIND_GPU
+    assert override(config, "dynamic_batching={}").dynamic_batching.max_queue_delay_microseconds == 0
+    assert base == read_pbtxt(ROOT / "model_repository" / "mlp" / "config.pbtxt"), "the base is not changed"
+
+
+def test_override_of_a_repeated_message_sets_every_element() -> None:
+    config = override(from_json({"instance_group": [{"count": 1}, {"count": 2}]}), "instance_group.count=3")
+    assert [group.count for group in config.instance_group] == [3, 3]
+    assert [group.count for group in override(ModelConfig(), "instance_group.count=2").instance_group] == [2]
+
+
+@pytest.mark.parametrize(("assignment", "message"), [
+    ("instance_group.count", "expected KEY=VALUE"),
+    ("batch_size=8", "ModelConfig has no field 'batch_size'"),
+    ("max_batch_size=many", "Couldn't parse integer"),
+    ("dynamic_batching.delay=5", "ModelDynamicBatching has no field 'delay'"),
+    ("instance_group.kind=KIND_TPU", "KIND_TPU"),
+])
+def test_override_errors_say_what_is_wrong(assignment: str, message: str) -> None:
+    with pytest.raises(AutotuneError, match=message):
+        override(ModelConfig(), assignment)
