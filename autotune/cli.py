@@ -33,7 +33,7 @@ from autotune.report import best_config, export, study_json, study_note, summary
 from autotune.server import ModelServer, repository_models, server_times
 from autotune.space import SearchSpace
 from autotune.storage import DEFAULT_STORAGE, mask_password, open_storage
-from autotune.study import Terminated, Tuner, hardware_differences, load_study, open_study
+from autotune.study import CONFIRM_TOP, Terminated, Tuner, hardware_differences, load_study, open_study
 from autotune.units import format_ms, parse_duration
 
 DEMO_MODEL = "mlp"
@@ -150,6 +150,9 @@ def optimize(
         help="Stop this worker after this long, e.g. 10m; the study stays resumable.")] = None,
     patience: Annotated[int | None, typer.Option(
         min=1, help="Stop once this many trials in a row bring no better feasible throughput.")] = None,
+    confirm_rounds: Annotated[int, typer.Option(
+        min=0, help="At the end, measure the top 3 feasible configs this many more times each and choose the "
+        "winner on those runs (the best single measurement is flattered by noise); 0 skips.")] = 2,
     gpus: Annotated[str | None, typer.Option(
         help="GPU ids, e.g. 0,1: one worker with its own embedded server per GPU (CUDA_VISIBLE_DEVICES), "
         "all on one study.")] = None,
@@ -175,6 +178,7 @@ def optimize(
                 loadgen.requests()  # inputs that cannot be made fail here, before the study starts
                 study = _tune(server, loadgen, search_space, study_name=study_name,
                               storage=storage, seed=seed, limit_ms=limit_ms, budget=budget, quiet=json_output,
+                              confirm_rounds=confirm_rounds,
                               hardware={"cpu": _cpu()} if embedded else {})
             except InferenceServerException as error:
                 log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
@@ -329,7 +333,8 @@ def _cpu() -> str:
 
 
 def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
-          seed: int | None, limit_ms: float, budget: Budget, quiet: bool, hardware: dict[str, str]) -> optuna.Study:
+          seed: int | None, limit_ms: float, budget: Budget, quiet: bool, confirm_rounds: int,
+          hardware: dict[str, str]) -> optuna.Study:
     """Run the study's trials; whatever happens, the model goes back to how the server had it."""
     worker = {"worker_host": socket.gethostname(), "server_url": server.url,
               "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "none")}
@@ -352,6 +357,10 @@ def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, st
                 early_stop = tuner.optimize(budget.trials, [progress], budget.timeout_s, budget.patience)
             if early_stop is not None:
                 console.print(early_stop, markup=False, highlight=False)
+            if confirm_rounds:
+                console.print(f"Re-measuring the top {CONFIRM_TOP} feasible configs, {confirm_rounds} rounds ...",
+                              markup=False, highlight=False)
+                tuner.confirm(confirm_rounds)
         finally:
             save_note(study, study_note(study))
     finally:

@@ -6,11 +6,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.model_config import ModelConfig, apply, parse_pbtxt, to_pbtxt
-from autotune.study import baseline_trial, best_trial, is_feasible, trial_params
+from autotune.study import CONFIRMED_KEY, baseline_trial, best_trial, is_feasible, trial_params
 
 _METRICS = ("throughput", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "concurrency", "errors")
 
@@ -32,7 +33,8 @@ def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float) -> str:
     head = f"[{trial.number + 1}/{n_trials}] trial {trial.number}"
     settings = describe(attrs["config"]) if "config" in attrs else ""
     if trial.state != TrialState.COMPLETE:
-        return f"{head} {trial.state.name.lower()}: {attrs.get('fail_reason', 'interrupted')} [{settings}]"
+        reason = attrs.get("fail_reason") or attrs.get("pruned_reason") or "interrupted"
+        return f"{head} {trial.state.name.lower()}: {reason} [{settings}]"
     verdict = "ok" if is_feasible(trial) else (
         f"{attrs['errors']} errors" if attrs.get("errors") else f"over the {max_p95_ms:g} ms limit")
     return (f"{head} concurrency {attrs['concurrency']:>3}: {trial.value:8.1f} infer/sec, p95 {attrs['p95_ms']:7.2f} ms"
@@ -63,6 +65,7 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
     ratio = _gain(best, baseline)
     gain = f" ({ratio:.2f}x the baseline)" if ratio is not None else ""
     lines += ["", f"Best (trial {best.number}): {_pa_line(best)}{gain}", f"  {describe(best.user_attrs['config'])}"]
+    lines += confirmation(study)
     ranked = sorted((t for t in trials if is_feasible(t)), key=lambda t: -(t.value or 0.0))[:top]
     lines += ["", f"Top {len(ranked)} feasible configurations:",
               f"{'trial':>5} {'conc':>5} {'infer/sec':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  settings"]
@@ -73,6 +76,27 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
     if output is not None:
         lines += ["", f"Best config written to {output} (run clients at concurrency {best.user_attrs['concurrency']})."]
     return "\n".join(lines)
+
+
+def confirmation(study: optuna.Study) -> list[str]:
+    """How the top trials held up when measured again: each run, the median and the spread around it."""
+    confirmed = study.user_attrs.get(CONFIRMED_KEY)
+    if not confirmed:
+        return []
+    runs = confirmed["trials"]
+    lines = ["", f"Re-measured the top {len(runs)} feasible trials {len(runs[0]['throughput'])} more times each, "
+             "round-robin; the winner is chosen on these runs:"]
+    for run in runs:
+        throughput = run["throughput"]
+        median = float(np.median(throughput))
+        spread = (max(throughput) - min(throughput)) / 2 / median if median else 0.0
+        held = sum(p is not None and p <= confirmed["max_p95_ms"] and not e
+                   for p, e in zip(run["p95_ms"], run["errors"], strict=True))
+        p95 = ", ".join("-" if p is None else f"{p:.2f}" for p in run["p95_ms"])
+        mark = "  <- winner" if run["trial"] == confirmed["winner"] else ""
+        lines.append(f"  trial {run['trial']:>3}: first {run['first'][0]:.1f} infer/sec, again median {median:.1f} "
+                     f"(±{spread:.0%}); p95 {p95} ms; held the limit {held} of {len(throughput)}{mark}")
+    return lines
 
 
 def study_note(study: optuna.Study) -> str:

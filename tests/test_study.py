@@ -6,13 +6,13 @@ from collections.abc import Callable, Iterator
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from autotune.embedded import EmbeddedServer
 from autotune.loadgen import LoadGenerator, LoadSettings
 from autotune.server import ModelServer
 from autotune.space import SearchSpace
-from autotune.study import Tuner, best_trial, is_feasible
+from autotune.study import CONFIRMED_KEY, Tuner, best_trial, crown, is_feasible
 
 QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=3)
 
@@ -20,6 +20,10 @@ QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=3)
 def batching(max_batch_size: int, concurrency: int = 2) -> dict[str, object]:
     return {"instance_count": 1, "dynamic_batching": True, "max_batch_size": max_batch_size,
             "max_queue_delay_microseconds": 100, "preferred_batch_size": "max", "concurrency": concurrency}
+
+
+def finished(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.trials if t.state.is_finished()]
 
 
 @pytest.fixture
@@ -59,7 +63,7 @@ def test_a_trial_whose_requests_all_fail_is_failed_with_the_servers_message(
     tuner = tuner_for("broken")
     tuner.enqueue_baseline()
     tuner.optimize(1)
-    (trial,) = tuner.study.trials
+    (trial,) = finished(tuner.study)
     assert trial.state == TrialState.FAIL
     assert "broken on purpose" in trial.user_attrs["fail_reason"]
 
@@ -71,7 +75,7 @@ def test_the_baseline_is_the_model_as_configured_at_the_guides_concurrency(
     tuner.enqueue_baseline(created=True)
     tuner.enqueue_baseline(created=False)
     tuner.optimize(1)
-    (baseline,) = tuner.study.trials
+    (baseline,) = finished(tuner.study)
     assert baseline.user_attrs["baseline"] is True
     # mlp has no dynamic batcher and one instance: 2 x batch 1 x 1 instance.
     assert baseline.params == {"concurrency": 2}
@@ -92,7 +96,8 @@ def test_patience_stops_when_trials_bring_no_improvement(tuner_for: Callable[[st
     tuner.max_p95_ms = 0.001  # nothing can be feasible, so no trial improves on the last
     stopped = tuner.optimize(10, patience=2)
     assert stopped is not None and "--patience" in stopped
-    assert [t.state for t in tuner.study.trials] == [TrialState.COMPLETE] * 2, "no slot is left behind"
+    # Far over the limit, each trial is pruned after its first window.
+    assert [t.state for t in tuner.study.trials] == [TrialState.PRUNED] * 2, "no slot is left behind"
 
 
 def test_timeout_stops_this_worker_after_the_running_trial(tuner_for: Callable[[str], Tuner]) -> None:
@@ -100,3 +105,51 @@ def test_timeout_stops_this_worker_after_the_running_trial(tuner_for: Callable[[
     stopped = tuner.optimize(10, timeout_s=0.001)
     assert stopped is not None and "--timeout" in stopped
     assert len([t for t in tuner.study.trials if t.state.is_finished()]) == 1
+
+
+def test_a_trial_far_over_the_limit_is_pruned_after_its_first_window(tuner_for: Callable[[str], Tuner]) -> None:
+    tuner = tuner_for("mlp")
+    tuner.max_p95_ms = 0.001
+    tuner.study.enqueue_trial(batching(8, concurrency=4))
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["windows"] == 1
+    assert "stopped after window 1: p95" in trial.user_attrs["pruned_reason"]
+    assert trial.intermediate_values == {1: pytest.approx(trial.user_attrs["throughput"])}
+    assert not is_feasible(trial) and trial.constraints.values(), "the sampler learns it was infeasible"
+
+
+def test_the_first_trials_are_the_baseline_and_the_guides_rule_of_thumb(tuner_for: Callable[[str], Tuner]) -> None:
+    tuner = tuner_for("mlp")
+    tuner.enqueue_baseline(created=True)
+    tuner.optimize(2)
+    baseline, rule = tuner.study.trials
+    assert baseline.user_attrs["baseline"] and rule.user_attrs["rule_of_thumb"]
+    # Dynamic batching up to mlp's max_batch_size 32, one instance, concurrency 2 x 32 x 1 = 64.
+    assert rule.user_attrs["config"] == {"dynamic_batching": True, "max_batch_size": 32, "instance_count": 1,
+                                         "max_queue_delay_microseconds": 100, "preferred_batch_size": [32]}
+    assert rule.params["concurrency"] == 64
+
+
+def test_confirm_measures_the_top_trials_again_and_crowns_the_winner(tuner_for: Callable[[str], Tuner]) -> None:
+    tuner = tuner_for("mlp")
+    for concurrency in (1, 2, 4, 8):
+        tuner.study.enqueue_trial(batching(8, concurrency))
+    tuner.optimize(4)
+    top3 = sorted(tuner.study.trials, key=lambda t: -t.value)[:3]
+    tuner.confirm(rounds=2)
+    confirmed = tuner.study.user_attrs[CONFIRMED_KEY]
+    assert [run["trial"] for run in confirmed["trials"]] == [t.number for t in top3]
+    assert all(len(run["throughput"]) == len(run["p95_ms"]) == 2 for run in confirmed["trials"])
+    assert confirmed["winner"] in [t.number for t in top3]
+    assert best_trial(tuner.study).number == confirmed["winner"]
+
+
+def test_the_crown_goes_to_runs_that_held_the_limit_then_to_the_highest_median() -> None:
+    flattered = [(1500.0, 12.0, 0), (1450.0, 11.0, 0)]  # the best first measurement, now over a 10 ms limit
+    steady = [(1200.0, 9.0, 0), (1190.0, 9.5, 0)]
+    faster = [(1300.0, 9.8, 0), (1250.0, 10.5, 0)]  # held the limit once in two: still eligible
+    assert crown({1: flattered, 2: steady, 3: faster}, max_p95_ms=10.0) == 3
+    assert crown({1: flattered, 2: steady}, max_p95_ms=10.0) == 2
+    assert crown({1: flattered, 2: [(900.0, 20.0, 0), (900.0, 9.0, 3)]}, max_p95_ms=10.0) == 1
