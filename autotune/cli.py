@@ -58,13 +58,24 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 @contextlib.contextmanager
 def _server(url: str | None, model_repository: Path) -> Iterator[tuple[str, EmbeddedServer | None]]:
+    """The server to work on: ``url``, or an embedded one. Losing it mid-run is one line, with its log if ours."""
     if url is not None:
-        yield url, None
+        with _lost_server(url, None):
+            yield url, None
         return
     if not model_repository.is_dir():
         raise AutotuneError(f"model repository {model_repository} is not a directory")
-    with EmbeddedServer(model_repository) as embedded:
+    with EmbeddedServer(model_repository) as embedded, _lost_server(embedded.url, embedded):
         yield embedded.url, embedded
+
+
+@contextlib.contextmanager
+def _lost_server(url: str, embedded: EmbeddedServer | None) -> Iterator[None]:
+    try:
+        yield
+    except InferenceServerException as error:
+        log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
+        raise AutotuneError(f"lost the Triton server at {url}: {error.message()}{log}") from None
 
 
 def _choose_model(url: str, model: str | None) -> str:
@@ -168,21 +179,16 @@ def optimize(
         search_space = SearchSpace.from_yaml(space) if space is not None else None
         budget = Budget(trials, parse_duration(timeout, "--timeout") if timeout else None, patience)
         with _server(url, model_repository) as (server_url, embedded):
-            try:
-                name = _choose_model(server_url, model or (search_space.model if search_space else None))
-                search_space = search_space or _default_space(name)
-                study_name = study_name or f"{name}-p95-{format_ms(limit_ms)}"
-                server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
-                loadgen = _load_generator(server_url, name, window, warmup, max_windows, client_processes, shapes,
-                                          input_data)
-                loadgen.requests()  # inputs that cannot be made fail here, before the study starts
-                study = _tune(server, loadgen, search_space, study_name=study_name,
-                              storage=storage, seed=seed, limit_ms=limit_ms, budget=budget, quiet=json_output,
-                              confirm_rounds=confirm_rounds,
-                              hardware={"cpu": _cpu()} if embedded else {})
-            except InferenceServerException as error:
-                log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
-                raise AutotuneError(f"lost the Triton server at {server_url}: {error.message()}{log}") from None
+            name = _choose_model(server_url, model or (search_space.model if search_space else None))
+            search_space = search_space or _default_space(name)
+            study_name = study_name or f"{name}-p95-{format_ms(limit_ms)}"
+            server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
+            loadgen = _load_generator(server_url, name, window, warmup, max_windows, client_processes, shapes,
+                                      input_data)
+            loadgen.requests()  # inputs that cannot be made fail here, before the study starts
+            study = _tune(server, loadgen, search_space, study_name=study_name, storage=storage, seed=seed,
+                          limit_ms=limit_ms, budget=budget, quiet=json_output, confirm_rounds=confirm_rounds,
+                          hardware={"cpu": _cpu()} if embedded else {})
         written = _export_best(study, output or Path("studies") / study.study_name / "config.pbtxt")
         if json_output:
             typer.echo(json.dumps(study_json(study, mask_password(storage), written), indent=2))
@@ -233,9 +239,6 @@ def measure(
                     points.append((measured, server_times(before, server.statistics())))
                     if not json_output:
                         typer.echo(_perf_line(measured))
-            except InferenceServerException as error:
-                log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
-                raise AutotuneError(f"lost the Triton server at {server_url}: {error.message()}{log}") from None
             finally:
                 server.restore()
                 server.close()

@@ -276,13 +276,18 @@ class Tuner:
         trial.set_user_attr("config", params.as_dict())
         for key, value in self.worker.items():
             trial.set_user_attr(key, value)
+        started = time.monotonic()
         try:
             self.server.apply(config)
         except TrialFailed as error:
             trial.set_user_attr("fail_reason", str(error))
             raise
+        finally:
+            trial.set_user_attr("reload_s", round(time.monotonic() - started, 3))
         before = self.server.statistics()
+        started = time.monotonic()
         measurement = self.loadgen.measure(concurrency, stop_early=self._hopeless)
+        trial.set_user_attr("measure_s", round(time.monotonic() - started, 3))
         _record(trial, measurement, before, self.server.statistics())
         if measurement.requests == 0:
             reason = f"no request succeeded: {measurement.first_error or 'no reply within the window'}"

@@ -23,7 +23,8 @@ from autotune.embedded import EmbeddedServer
 from autotune.model_config import params_of
 from autotune.server import ModelServer
 
-QUICK = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3"]
+MEASURE = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3"]
+QUICK = [*MEASURE, "--confirm-rounds", "0"]
 
 
 def autotune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -68,7 +69,8 @@ def test_the_default_run_tunes_the_demo_model_and_exports_a_config_tritonserver_
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     result = autotune("optimize", "--max-p95", "50ms", "--trials", "4", "--model-repository", str(repository),
-                      "--storage", storage, "--space", str(small_space(tmp_path)), "--json", *QUICK, cwd=tmp_path)
+                      "--storage", storage, "--space", str(small_space(tmp_path)), "--json", *MEASURE,
+                      "--confirm-rounds", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["study"] == "mlp-p95-50ms"
@@ -77,6 +79,9 @@ def test_the_default_run_tunes_the_demo_model_and_exports_a_config_tritonserver_
     best = report["best"]
     assert best["p95_ms"] <= 50 and best["errors"] == 0
     assert {"throughput", "p50_ms", "p95_ms", "p99_ms", "concurrency", "config"} <= set(best)
+    confirmed = load(storage, "mlp-p95-50ms").user_attrs["confirmed"]
+    assert len(confirmed["trials"]) == 3 and all(len(run["throughput"]) == 1 for run in confirmed["trials"])
+    assert best["trial"] == confirmed["winner"], "the winner of the re-measurement is exported"
     exported = Path(tmp_path / report["output"])
     assert exported == tmp_path / "studies" / "mlp-p95-50ms" / "config.pbtxt"
 

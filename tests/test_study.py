@@ -81,6 +81,9 @@ def test_the_baseline_is_the_model_as_configured_at_the_guides_concurrency(
     assert baseline.params == {"concurrency": 2}
     assert baseline.user_attrs["config"] == {"dynamic_batching": False, "max_batch_size": 32, "instance_count": 1}
     assert baseline.user_attrs["server_batches"] > 0
+    # What a trial's time went on: loading its config (none here: the baseline is what was loaded) and measuring.
+    assert baseline.user_attrs["reload_s"] < baseline.user_attrs["measure_s"]
+    assert baseline.user_attrs["measure_s"] >= QUICK.warmup_s + 3 * QUICK.window_s
 
 
 def test_a_study_that_holds_its_budget_runs_nothing_more(tuner_for: Callable[[str], Tuner]) -> None:

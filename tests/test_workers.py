@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from autotune.storage import GRACE_PERIOD_S, open_storage
 from autotune.trial_queue import counts_toward_total
 
-QUICK = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3"]
+QUICK = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3", "--confirm-rounds", "0"]
 
 
 @pytest.fixture(params=["postgresql", "journal"])
