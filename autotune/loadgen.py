@@ -212,6 +212,9 @@ class LoadGenerator:
                 return [parent.recv() for parent, _ in pipes]
 
             return _run(self._windows(sum(shares), collect, stop_early))
+        except EOFError:
+            codes = ", ".join(str(worker.exitcode) for worker in workers)
+            raise AutotuneError(f"a load-generator client process died (exit codes {codes})") from None
         finally:
             for parent, _ in pipes:
                 with contextlib.suppress(OSError):

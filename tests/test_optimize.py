@@ -168,7 +168,9 @@ def test_a_signal_records_the_trial_as_failed_restores_the_model_and_a_rerun_fin
     args = [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "3", "--url", triton.url,
             "--storage", storage, "--study", study_name, "--space", str(small_space(tmp_path)),
             "--window", "1s", "--warmup", "1s", "--confirm-rounds", "0"]
-    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a shell running the suite in the background hands its children SIGINT ignored.
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # "Tuning ..." comes just before the baseline trial, which warms up for 1 s and then measures at least 3 s.
     started = process.stderr.readline() if process.stderr else ""
     assert started.startswith("Tuning mlp"), started
