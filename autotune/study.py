@@ -29,8 +29,6 @@ from autotune.storage import mask_password, open_storage
 from autotune.trial_queue import TrialQueue, counts_toward_total
 
 HARDWARE_ATTRS = ("server_version", "instance_kind", "cpu")
-# A window whose p95 is this far over the limit ends its trial: the config cannot come back under the limit.
-HOPELESS_P95_FACTOR = 2.0
 # The winner's curse: the best of many noisy measurements is flattered. The top few are measured again.
 CONFIRM_TOP = 3
 CONFIRMED_KEY = "confirmed"
@@ -298,7 +296,7 @@ class Tuner:
         if measurement.cut_short:
             trial.report(measurement.throughput, step=measurement.windows)
             why = (f"{measurement.errors} errors" if measurement.errors else
-                   f"p95 {measurement.p95_ms:.1f} ms, over {HOPELESS_P95_FACTOR:g}x the limit")
+                   f"median latency {measurement.p50_ms:.1f} ms, over the limit")
             trial.set_user_attr("pruned_reason", f"stopped after window {measurement.windows}: {why}")
             raise optuna.TrialPruned(why)
         if all(c <= 0 for c in constraints) and measurement.throughput > _best_value(trial.study):
@@ -312,8 +310,9 @@ class Tuner:
 
 
     def _hopeless(self, window: Measurement) -> bool:
-        """A window with errors, or far over the limit, condemns the config: measuring on wastes the budget."""
-        return window.errors > 0 or window.p95_ms > HOPELESS_P95_FACTOR * self.max_p95_ms
+        """A window with errors, or whose median request is over the limit (so its p95 is too, however noisy the
+        tail), condemns the config: measuring on would waste the budget."""
+        return window.errors > 0 or window.p50_ms > self.max_p95_ms
 
 
 def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, float], after: dict[str, float]) -> None:

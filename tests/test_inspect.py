@@ -82,7 +82,7 @@ def test_the_dashboard_shows_the_study_its_metrics_feasibility_and_the_best_conf
     study = optuna.load_study(study_name=STUDY, storage=storage)
     shown = {trial["number"]: trial for trial in detail["trials"]}
     feasibility = set()
-    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+    for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
         attrs = {attr["key"]: attr["value"] for attr in shown[trial.number]["user_attrs"]}
         for metric in ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors", "server_queue_ms",
                        "server_compute_infer_ms", "server_batches"):
@@ -133,8 +133,11 @@ def test_best_prints_the_best_feasible_trial(finished: tuple[str, Path]) -> None
     assert result.returncode == 0, result.stderr
     reported = json.loads(result.stdout)["best"]
     study = optuna.load_study(study_name=STUDY, storage=storage)
-    feasible = [t for t in study.trials if is_feasible(t)]
-    assert reported["trial"] == max(feasible, key=lambda t: t.value).number
+    # The winner of the closing re-measurement of the top 3, which need not be the single best measurement.
+    top3 = sorted((t for t in study.trials if is_feasible(t)), key=lambda t: -t.value)[:3]
+    winner = study.user_attrs["confirmed"]["winner"]
+    assert winner in [t.number for t in top3]
+    assert reported["trial"] == winner == best_trial(study).number
     assert reported["p95_ms"] <= LIMIT_MS
 
 

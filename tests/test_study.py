@@ -118,7 +118,7 @@ def test_a_trial_far_over_the_limit_is_pruned_after_its_first_window(tuner_for: 
     (trial,) = tuner.study.trials
     assert trial.state == TrialState.PRUNED
     assert trial.user_attrs["windows"] == 1
-    assert "stopped after window 1: p95" in trial.user_attrs["pruned_reason"]
+    assert "stopped after window 1: median latency" in trial.user_attrs["pruned_reason"]
     assert trial.intermediate_values == {1: pytest.approx(trial.user_attrs["throughput"])}
     assert not is_feasible(trial) and trial.constraints.values(), "the sampler learns it was infeasible"
 
