@@ -172,7 +172,10 @@ def test_a_signal_records_the_trial_as_failed_restores_the_model_and_a_rerun_fin
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # "Tuning ..." comes just before the baseline trial, which warms up for 1 s and then measures at least 3 s.
-    started = process.stderr.readline() if process.stderr else ""
+    # gRPC's own log may come first.
+    started = ""
+    while process.stderr and not started.startswith("Tuning mlp") and (line := process.stderr.readline()):
+        started = line
     assert started.startswith("Tuning mlp"), started
     time.sleep(2.5)
     process.send_signal(signum)
