@@ -106,14 +106,14 @@ ClientProcesses = Annotated[int, typer.Option(
     "server busy.")]
 
 
-def _load_generator(url: str, model: str, window: str, warmup: str, max_windows: int, processes: int,
-                    shapes: list[str] | None, input_data: Path | None) -> LoadGenerator:
+def _load_options(window: str, warmup: str, max_windows: int, processes: int, shapes: list[str] | None,
+                  input_data: Path | None) -> tuple[LoadSettings, InputSpec]:
+    """The load generator's flags, checked before any server starts."""
     settings = LoadSettings(warmup_s=parse_duration(warmup, "--warmup"), window_s=parse_duration(window, "--window"),
                             max_windows=max_windows, processes=processes)
     if input_data is not None and not input_data.is_file():
         raise AutotuneError(f"--input-data {input_data}: no such file")
-    inputs = InputSpec(dict(parse_shape(text) for text in shapes or []), input_data)
-    return LoadGenerator(url, model, settings, inputs)
+    return settings, InputSpec(dict(parse_shape(text) for text in shapes or []), input_data)
 
 
 StudyName = Annotated[str | None, typer.Option("--study", help="Study name. Default: the storage's only study.")]
@@ -176,6 +176,7 @@ def optimize(
             _run_workers([gpu.strip() for gpu in gpus.split(",") if gpu.strip()])
             return
         limit_ms = parse_duration(max_p95, "--max-p95") * 1e3
+        settings, inputs = _load_options(window, warmup, max_windows, client_processes, shapes, input_data)
         search_space = SearchSpace.from_yaml(space) if space is not None else None
         budget = Budget(trials, parse_duration(timeout, "--timeout") if timeout else None, patience)
         with _server(url, model_repository) as (server_url, embedded):
@@ -183,8 +184,7 @@ def optimize(
             search_space = search_space or _default_space(name)
             study_name = study_name or f"{name}-p95-{format_ms(limit_ms)}"
             server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
-            loadgen = _load_generator(server_url, name, window, warmup, max_windows, client_processes, shapes,
-                                      input_data)
+            loadgen = LoadGenerator(server_url, name, settings, inputs)
             loadgen.requests()  # inputs that cannot be made fail here, before the study starts
             study = _tune(server, loadgen, search_space, study_name=study_name, storage=storage, seed=seed,
                           limit_ms=limit_ms, budget=budget, quiet=json_output, confirm_rounds=confirm_rounds,
@@ -221,6 +221,7 @@ def measure(
     """
     with _one_line_errors():
         levels = _concurrency_levels(concurrency)
+        settings, inputs = _load_options(window, warmup, max_windows, client_processes, shapes, input_data)
         with _server(url, model_repository) as (server_url, embedded):
             name = _choose_model(server_url, model)
             server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
@@ -229,8 +230,7 @@ def measure(
                 for assignment in overrides or []:
                     config = override(config, assignment)
                 server.apply(config)
-                loadgen = _load_generator(server_url, name, window, warmup, max_windows, client_processes, shapes,
-                                          input_data)
+                loadgen = LoadGenerator(server_url, name, settings, inputs)
                 loadgen.requests()
                 points = []
                 for level in levels:
