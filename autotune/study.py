@@ -293,6 +293,11 @@ class Tuner:
             raise TrialFailed(reason)
         constraints = [measurement.p95_ms - self.max_p95_ms, float(measurement.errors)]
         _set_constraints(trial, constraints)
+        if trial.user_attrs.get("baseline"):
+            trial.study.set_user_attr("baseline", {
+                "trial": trial.number, "throughput": round(measurement.throughput, 2),
+                "p95_ms": round(measurement.p95_ms, 3), "concurrency": concurrency,
+            })
         if measurement.cut_short:
             trial.report(measurement.throughput, step=measurement.windows)
             why = (f"{measurement.errors} errors" if measurement.errors else
@@ -301,11 +306,6 @@ class Tuner:
             raise optuna.TrialPruned(why)
         if all(c <= 0 for c in constraints) and measurement.throughput > _best_value(trial.study):
             save_note(trial, _note(config, measurement))
-        if trial.user_attrs.get("baseline"):
-            trial.study.set_user_attr("baseline", {
-                "trial": trial.number, "throughput": round(measurement.throughput, 2),
-                "p95_ms": round(measurement.p95_ms, 3), "concurrency": concurrency,
-            })
         return measurement.throughput
 
 
