@@ -33,7 +33,17 @@ from autotune.report import best_config, export, study_json, study_note, summary
 from autotune.server import ModelServer, repository_models, server_times
 from autotune.space import SearchSpace
 from autotune.storage import DEFAULT_STORAGE, mask_password, open_storage
-from autotune.study import CONFIRM_TOP, Terminated, Tuner, hardware_differences, load_study, open_study
+from autotune.study import (
+    CONFIRM_TOP,
+    ConcurrencySearch,
+    SamplerName,
+    Terminated,
+    Tuner,
+    check_sampler,
+    hardware_differences,
+    load_study,
+    open_study,
+)
 from autotune.units import format_ms, parse_duration
 
 DEMO_MODEL = "mlp"
@@ -164,6 +174,12 @@ def optimize(
     confirm_rounds: Annotated[int, typer.Option(
         min=0, help="At the end, measure the top 3 feasible configs this many more times each and choose the "
         "winner on those runs (the best single measurement is flattered by noise); 0 skips.")] = 2,
+    sampler: Annotated[SamplerName, typer.Option(
+        help="Optuna sampler: tpe (multivariate TPE), gp (Gaussian process; needs the gp extra, PyTorch) or "
+        "random (a yardstick). tpe and gp learn where the p95 limit holds.")] = "tpe",
+    concurrency_search: Annotated[ConcurrencySearch, typer.Option(
+        help="sample: concurrency is one more sampled setting. sweep: each trial raises it through powers of "
+        "two on its config, without reloads, while p95 holds and throughput still grows.")] = "sample",
     gpus: Annotated[str | None, typer.Option(
         help="GPU ids, e.g. 0,1: one worker with its own embedded server per GPU (CUDA_VISIBLE_DEVICES), "
         "all on one study.")] = None,
@@ -178,6 +194,7 @@ def optimize(
         limit_ms = parse_duration(max_p95, "--max-p95") * 1e3
         settings, inputs = _load_options(window, warmup, max_windows, client_processes, shapes, input_data)
         search_space = SearchSpace.from_yaml(space) if space is not None else None
+        check_sampler(sampler)
         budget = Budget(trials, parse_duration(timeout, "--timeout") if timeout else None, patience)
         with _server(url, model_repository) as (server_url, embedded):
             name = _choose_model(server_url, model or (search_space.model if search_space else None))
@@ -188,7 +205,7 @@ def optimize(
             loadgen.requests()  # inputs that cannot be made fail here, before the study starts
             study = _tune(server, loadgen, search_space, study_name=study_name, storage=storage, seed=seed,
                           limit_ms=limit_ms, budget=budget, quiet=json_output, confirm_rounds=confirm_rounds,
-                          hardware={"cpu": _cpu()} if embedded else {})
+                          search=(sampler, concurrency_search), hardware={"cpu": _cpu()} if embedded else {})
         written = _export_best(study, output or Path("studies") / study.study_name / "config.pbtxt")
         if json_output:
             typer.echo(json.dumps(study_json(study, mask_password(storage), written), indent=2))
@@ -231,7 +248,6 @@ def measure(
                     config = override(config, assignment)
                 server.apply(config)
                 loadgen = LoadGenerator(server_url, name, settings, inputs)
-                loadgen.requests()
                 points = []
                 for level in levels:
                     before = server.statistics()
@@ -337,7 +353,7 @@ def _cpu() -> str:
 
 def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
           seed: int | None, limit_ms: float, budget: Budget, quiet: bool, confirm_rounds: int,
-          hardware: dict[str, str]) -> optuna.Study:
+          search: tuple[SamplerName, ConcurrencySearch], hardware: dict[str, str]) -> optuna.Study:
     """Run the study's trials; whatever happens, the model goes back to how the server had it."""
     worker = {"worker_host": socket.gethostname(), "server_url": server.url,
               "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "none")}
@@ -345,12 +361,12 @@ def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, st
         attrs = {"model": server.model, "max_p95_ms": limit_ms, "space": space.source,
                  "base_config": to_pbtxt(server.original), **server.server_info(), **hardware}
         opened = open_storage(storage, create=True)
-        study, created = open_study(study_name, opened, seed, attrs)
+        study, created = open_study(study_name, opened, seed, attrs, sampler=search[0])
         differences = hardware_differences(study, attrs)
         if differences:
             typer.echo(f"autotune: warning: this worker's server differs from the study's: {'; '.join(differences)}."
                        " Its trials record worker_host and server_url, so they can be told apart.", err=True)
-        tuner = Tuner(study, opened, server, loadgen, space, limit_ms, worker)
+        tuner = Tuner(study, opened, server, loadgen, space, limit_ms, worker, concurrency_search=search[1])
         tuner.enqueue_baseline(created)
         console = Console(stderr=True, soft_wrap=True, quiet=quiet)
         console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit {limit_ms:g} ms, "

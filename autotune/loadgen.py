@@ -164,9 +164,19 @@ class LoadGenerator:
         self.model = model
         self.settings = settings
         self.inputs = inputs or InputSpec()
+        self._requests: list[bytes] | None = None
 
     def requests(self) -> list[bytes]:
-        """The serialised requests for the model as the server now runs it (its batching decides the shapes)."""
+        """The serialised requests for the model, built on first use from what the server reports.
+
+        They are kept: they depend on the model's inputs and on whether it batches at all (``max_batch_size`` 0 or
+        not), and no search changes either.
+        """
+        if self._requests is None:
+            self._requests = self._build_requests()
+        return self._requests
+
+    def _build_requests(self) -> list[bytes]:
         client = grpcclient.InferenceServerClient(self.url)
         try:
             metadata = client.get_model_metadata(self.model, as_json=True)
@@ -177,24 +187,29 @@ class LoadGenerator:
             client.close()
         return build_requests(self.model, tensor_specs(metadata, batching), batching, self.inputs)
 
-    def measure(self, concurrency: int, stop_early: Callable[[Measurement], bool] | None = None) -> Measurement:
-        """Measure at ``concurrency``. ``stop_early`` sees each window on its own; True ends the point there."""
+    def measure(self, concurrency: int, stop_early: Callable[[Measurement], bool] | None = None,
+                warmup_s: float | None = None) -> Measurement:
+        """Measure at ``concurrency``. ``stop_early`` sees each window on its own; True ends the point there.
+
+        ``warmup_s`` replaces the settings' warm-up, e.g. with a short settle when the server is already warm.
+        """
         requests = self.requests()
         shares = _split(concurrency, self.settings.processes)
+        warmup = self.settings.warmup_s if warmup_s is None else warmup_s
         if len(shares) == 1:
-            return _run(self._measure_here(requests, concurrency, stop_early))
-        return self._measure_in_processes(requests, shares, stop_early)
+            return _run(self._measure_here(requests, concurrency, stop_early, warmup))
+        return self._measure_in_processes(requests, shares, stop_early, warmup)
 
     async def _measure_here(self, requests: list[bytes], concurrency: int,
-                            stop_early: Callable[[Measurement], bool] | None) -> Measurement:
+                            stop_early: Callable[[Measurement], bool] | None, warmup_s: float) -> Measurement:
         load = _Load(self.url, requests, concurrency, self.settings.request_timeout_s)
         try:
-            return await self._windows(concurrency, lambda until: [load.collect(until)], stop_early)
+            return await self._windows(concurrency, lambda until: [load.collect(until)], stop_early, warmup_s)
         finally:
             await load.close()
 
     def _measure_in_processes(self, requests: list[bytes], shares: list[int],
-                              stop_early: Callable[[Measurement], bool] | None) -> Measurement:
+                              stop_early: Callable[[Measurement], bool] | None, warmup_s: float) -> Measurement:
         context = multiprocessing.get_context("spawn")
         pipes = [context.Pipe() for _ in shares]
         workers = [context.Process(target=_worker, args=(child, self.url, requests, share,
@@ -211,7 +226,7 @@ class LoadGenerator:
                     parent.send(until)
                 return [parent.recv() for parent, _ in pipes]
 
-            return _run(self._windows(sum(shares), collect, stop_early))
+            return _run(self._windows(sum(shares), collect, stop_early, warmup_s))
         except EOFError:
             codes = ", ".join(str(worker.exitcode) for worker in workers)
             raise AutotuneError(f"a load-generator client process died (exit codes {codes})") from None
@@ -225,11 +240,11 @@ class LoadGenerator:
                     worker.kill()
 
     async def _windows(self, concurrency: int, collect: Callable[[float], list[tuple[np.ndarray, int, str]]],
-                       stop_early: Callable[[Measurement], bool] | None) -> Measurement:
+                       stop_early: Callable[[Measurement], bool] | None, warmup_s: float) -> Measurement:
         """Warm up, then close one window after another on a fixed clock until the figures are stable."""
         settings = self.settings
-        boundary = time.perf_counter() + settings.warmup_s
-        await asyncio.sleep(settings.warmup_s)
+        boundary = time.perf_counter() + warmup_s
+        await asyncio.sleep(warmup_s)
         collect(boundary)
         windows: list[_Window] = []
         while len(windows) < settings.max_windows:

@@ -71,16 +71,18 @@ class ModelServer:
     def running_config(self) -> ModelConfig:
         return model_config.from_json(self._client.get_model_config(self.model, as_json=True)["config"])
 
-    def apply(self, config: ModelConfig) -> None:
-        """Load ``config`` in place and check that the server now runs it; reuses a loaded identical config."""
+    def apply(self, config: ModelConfig) -> bool:
+        """Load ``config`` in place and check that the server now runs it; says whether it had to reload, since an
+        identical loaded config is reused."""
         if self._current is not None and _checked(self._current) == _checked(config):
-            return
+            return False
         self._current = None
         self._load(model_config.to_json(config))
         running = self.running_config()
         if _checked(running) != _checked(config):
             raise ConfigRejected(f"Triton kept a different configuration for {self.model} than the one sent")
         self._current = running
+        return True
 
     def restore(self) -> None:
         """Put the model back as it was: its repository config reloaded, or unloaded if it was not loaded.

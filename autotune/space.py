@@ -111,6 +111,11 @@ class SearchSpace:
     def suggest_concurrency(self, trial: optuna.Trial) -> int:
         return trial.suggest_int("concurrency", self.concurrency.low, self.concurrency.high, log=True)
 
+    def concurrency_levels(self) -> list[int]:
+        """The powers of two within the concurrency range, and its bounds: the steps of a concurrency sweep."""
+        low, high = self.concurrency.low, self.concurrency.high
+        return sorted({low, high} | {1 << k for k in range(high.bit_length()) if low <= 1 << k <= high})
+
     def clamp_concurrency(self, concurrency: int) -> int:
         return max(self.concurrency.low, min(self.concurrency.high, concurrency))
 

@@ -7,12 +7,14 @@ constraints that the sampler honours, not a filter applied afterwards.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Literal
 
 import numpy as np
 import optuna
@@ -34,6 +36,13 @@ CONFIRM_TOP = 3
 CONFIRMED_KEY = "confirmed"
 # optuna-dashboard reads feasibility only from this list-valued system attribute; Optuna's samplers read it too.
 CONSTRAINTS_KEY = "constraints"
+SamplerName = Literal["tpe", "gp", "random"]
+# "sample": concurrency is one more sampled parameter; "sweep": each trial raises it on its config (no reloads).
+ConcurrencySearch = Literal["sample", "sweep"]
+# Warm-up of a point on a config the server already serves warm (no reload): enough for the new load to settle.
+SETTLE_S = 0.1
+# A sweep stops once doubling the requests in flight gains less than this: the server is saturated.
+SATURATION_GAIN = 0.05
 
 
 class Terminated(KeyboardInterrupt):
@@ -44,8 +53,30 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+def check_sampler(name: SamplerName) -> None:
+    """Fail before any server starts when the sampler's optional dependency is missing."""
+    missing = [module for module in ("torch", "scipy") if importlib.util.find_spec(module) is None]
+    if name == "gp" and missing:
+        raise AutotuneError(f"--sampler gp needs {' and '.join(missing)}: pip install 'autotune[gp]'")
+
+
+def make_sampler(name: SamplerName, seed: int | None) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler by its short name. Each reads the p95 and error constraints that trials record.
+
+    TPE (multivariate, grouped for the conditional batching settings, with a constant liar for parallel workers)
+    is the default; the Gaussian-process sampler needs PyTorch (the ``gp`` extra).
+    """
+    check_sampler(name)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
+
+
 def open_study(
-    name: str, storage: BaseStorage, seed: int | None, attrs: dict[str, object]
+    name: str, storage: BaseStorage, seed: int | None, attrs: dict[str, object],
+    sampler: SamplerName = "tpe"
 ) -> tuple[optuna.Study, bool]:
     """Create or resume the study, and say whether this worker created it.
 
@@ -56,14 +87,12 @@ def open_study(
     except KeyError:
         started = 0
     # On resume, a fixed seed is shifted so the random start-up trials do not repeat the first run's.
-    sampler = optuna.samplers.TPESampler(
-        multivariate=True, group=True, constant_liar=True, seed=None if seed is None else seed + started
-    )
+    chosen = make_sampler(sampler, None if seed is None else seed + started)
     try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
+        study = optuna.create_study(study_name=name, storage=storage, sampler=chosen, direction="maximize")
         created = True
     except optuna.exceptions.DuplicatedStudyError:
-        study, created = optuna.load_study(study_name=name, storage=storage, sampler=sampler), False
+        study, created = optuna.load_study(study_name=name, storage=storage, sampler=chosen), False
     for key, value in attrs.items():
         recorded = study.user_attrs.get(key)
         if recorded is None:
@@ -160,6 +189,8 @@ class Tuner:
     space: SearchSpace
     max_p95_ms: float
     worker: dict[str, str] = field(default_factory=dict)
+    concurrency_search: ConcurrencySearch = "sample"
+    _warm: bool = field(default=False, init=False)  # the loaded config has served load since it was loaded
 
     @property
     def base(self) -> ModelConfig:
@@ -239,8 +270,8 @@ class Tuner:
         runs: dict[int, list[tuple[float, float, int]]] = {t.number: [] for t in top}
         for _ in range(rounds):
             for trial in top:
-                self.server.apply(apply(self.base, trial_params(trial)))
-                measured = self.loadgen.measure(trial.user_attrs["concurrency"])
+                warmup_s = self._warmup(self.server.apply(apply(self.base, trial_params(trial))))
+                measured = self.loadgen.measure(trial.user_attrs["concurrency"], warmup_s=warmup_s)
                 runs[trial.number].append((measured.throughput, measured.p95_ms, measured.errors))
         self.study.set_user_attr(CONFIRMED_KEY, {
             "winner": crown(runs, self.max_p95_ms),
@@ -270,13 +301,12 @@ class Tuner:
         else:
             params = self.space.suggest(trial, self.base)
             config = apply(self.base, params)
-        concurrency = self.space.suggest_concurrency(trial)
         trial.set_user_attr("config", params.as_dict())
         for key, value in self.worker.items():
             trial.set_user_attr(key, value)
         started = time.monotonic()
         try:
-            self.server.apply(config)
+            reloaded = self.server.apply(config)
         except TrialFailed as error:
             trial.set_user_attr("fail_reason", str(error))
             raise
@@ -284,8 +314,15 @@ class Tuner:
             trial.set_user_attr("reload_s", round(time.monotonic() - started, 3))
         before = self.server.statistics()
         started = time.monotonic()
-        measurement = self.loadgen.measure(concurrency, stop_early=self._hopeless)
+        warmup_s = self._warmup(reloaded)
+        if self.concurrency_search == "sweep":
+            measurement, points = self._sweep(warmup_s)
+            trial.set_user_attr("sweep", points)
+            warmup_s += SETTLE_S * (len(points) - 1)
+        else:
+            measurement = self.loadgen.measure(self.space.suggest_concurrency(trial), self._hopeless, warmup_s)
         trial.set_user_attr("measure_s", round(time.monotonic() - started, 3))
+        trial.set_user_attr("warmup_s", round(warmup_s, 3))
         _record(trial, measurement, before, self.server.statistics())
         if measurement.requests == 0:
             reason = f"no request succeeded: {measurement.first_error or 'no reply within the window'}"
@@ -296,7 +333,7 @@ class Tuner:
         if trial.user_attrs.get("baseline"):
             trial.study.set_user_attr("baseline", {
                 "trial": trial.number, "throughput": round(measurement.throughput, 2),
-                "p95_ms": round(measurement.p95_ms, 3), "concurrency": concurrency,
+                "p95_ms": round(measurement.p95_ms, 3), "concurrency": measurement.concurrency,
             })
         if measurement.cut_short:
             trial.report(measurement.throughput, step=measurement.windows)
@@ -308,6 +345,37 @@ class Tuner:
             save_note(trial, _note(config, measurement))
         return measurement.throughput
 
+    def _warmup(self, reloaded: bool) -> float:
+        """The next point's warm-up: full on a config that has not served load since it was loaded, else a settle.
+
+        A point is measured right after this, which leaves the config warm.
+        """
+        warm = self._warm and not reloaded
+        self._warm = True
+        return SETTLE_S if warm else self.loadgen.settings.warmup_s
+
+    def _sweep(self, warmup_s: float) -> tuple[Measurement, list[list[float]]]:
+        """Raise the concurrency through the space's powers of two, on the loaded config, while it holds the limit
+        and still gains throughput. The best feasible point stands for the trial (the first, when none is).
+
+        Neither a reload nor a full warm-up is needed between points, so one trial learns a config's useful range.
+        """
+        first: Measurement | None = None
+        best: Measurement | None = None
+        points: list[list[float]] = []
+        for concurrency in self.space.concurrency_levels():
+            measured = self.loadgen.measure(concurrency, self._hopeless, SETTLE_S if first else warmup_s)
+            points.append([concurrency, round(measured.throughput, 2), round(measured.p95_ms, 3)])
+            first = first or measured
+            if measured.cut_short or measured.errors or measured.p95_ms > self.max_p95_ms:
+                break
+            gained = best is None or measured.throughput >= best.throughput * (1 + SATURATION_GAIN)
+            if best is None or measured.throughput > best.throughput:
+                best = measured
+            if not gained:
+                break
+        assert first is not None, "a search space always has a concurrency"
+        return best or first, points
 
     def _hopeless(self, window: Measurement) -> bool:
         """A window with errors, or whose median request is over the limit (so its p95 is too, however noisy the

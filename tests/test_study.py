@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.embedded import EmbeddedServer
-from autotune.loadgen import LoadGenerator, LoadSettings
+from autotune.errors import AutotuneError
+from autotune.loadgen import LoadGenerator, LoadSettings, Measurement
 from autotune.server import ModelServer
-from autotune.space import SearchSpace
-from autotune.study import CONFIRMED_KEY, Tuner, best_trial, crown, is_feasible
+from autotune.space import IntRange, SearchSpace
+from autotune.study import CONFIRMED_KEY, SETTLE_S, Tuner, best_trial, check_sampler, crown, is_feasible
 
 QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=3)
 
@@ -83,7 +86,7 @@ def test_the_baseline_is_the_model_as_configured_at_the_guides_concurrency(
     assert baseline.user_attrs["server_batches"] > 0
     # What a trial's time went on: loading its config (none here: the baseline is what was loaded) and measuring.
     assert baseline.user_attrs["reload_s"] < baseline.user_attrs["measure_s"]
-    assert baseline.user_attrs["measure_s"] >= QUICK.warmup_s + 3 * QUICK.window_s
+    assert baseline.user_attrs["measure_s"] >= QUICK.warmup_s + 3 * QUICK.window_s, baseline.user_attrs
 
 
 def test_a_study_that_holds_its_budget_runs_nothing_more(tuner_for: Callable[[str], Tuner]) -> None:
@@ -156,3 +159,90 @@ def test_the_crown_goes_to_runs_that_held_the_limit_then_to_the_highest_median()
     assert crown({1: flattered, 2: steady, 3: faster}, max_p95_ms=10.0) == 3
     assert crown({1: flattered, 2: steady}, max_p95_ms=10.0) == 2
     assert crown({1: flattered, 2: [(900.0, 20.0, 0), (900.0, 9.0, 3)]}, max_p95_ms=10.0) == 1
+
+
+def test_a_config_still_warm_from_the_last_trial_gets_a_short_settle_instead_of_a_warm_up(
+    tuner_for: Callable[[str], Tuner],
+) -> None:
+    tuner = tuner_for("mlp")
+    for max_batch_size, concurrency in ((8, 1), (8, 2), (4, 2)):
+        tuner.study.enqueue_trial(batching(max_batch_size, concurrency))
+    tuner.optimize(3)
+    loaded, same_config, reloaded = tuner.study.trials
+    assert loaded.user_attrs["warmup_s"] == QUICK.warmup_s
+    assert same_config.user_attrs["warmup_s"] == SETTLE_S
+    assert same_config.user_attrs["reload_s"] < 0.05, "an identical config is not reloaded"
+    assert reloaded.user_attrs["warmup_s"] == QUICK.warmup_s
+
+
+def test_a_sweep_raises_concurrency_on_one_loaded_config_and_keeps_its_best_feasible_point(
+    tuner_for: Callable[[str], Tuner],
+) -> None:
+    tuner = tuner_for("mlp")
+    tuner.concurrency_search = "sweep"
+    tuner.space = SearchSpace(concurrency=IntRange(1, 8))
+    tuner.study.enqueue_trial({k: v for k, v in batching(8).items() if k != "concurrency"})
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
+    sweep = trial.user_attrs["sweep"]
+    assert [concurrency for concurrency, _, _ in sweep] == [1, 2, 4, 8][:len(sweep)]
+    best_throughput, best_concurrency = max((throughput, c) for c, throughput, p95 in sweep if p95 <= 1000.0)
+    assert trial.user_attrs["concurrency"] == best_concurrency
+    assert trial.value == pytest.approx(best_throughput, abs=0.01)
+    assert "concurrency" not in trial.params, "a sweep measures concurrency instead of sampling it"
+    assert trial.user_attrs["warmup_s"] == pytest.approx(QUICK.warmup_s + SETTLE_S * (len(sweep) - 1))
+
+
+@dataclass
+class ScriptedLoad:
+    """Fixed (throughput, p95 ms) figures per concurrency, to pin down where a sweep stops."""
+
+    figures: dict[int, tuple[float, float]]
+    settings: LoadSettings = QUICK
+
+    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None) -> Measurement:
+        throughput, p95 = self.figures[concurrency]
+        return Measurement(concurrency, throughput, p95 / 2, p95, p95, p95, requests=100, errors=0, windows=3,
+                           stable=True)
+
+
+@pytest.mark.parametrize(("figures", "swept", "chosen"), [
+    pytest.param({1: (100, 5), 2: (190, 6), 4: (300, 9), 8: (310, 15)}, [1, 2, 4, 8], 8, id="saturated"),
+    pytest.param({1: (100, 5), 2: (190, 8), 4: (300, 25)}, [1, 2, 4], 2, id="over-the-limit"),
+    pytest.param({1: (100, 5), 2: (200, 6), 4: (400, 9), 8: (800, 12), 16: (1600, 18)}, [1, 2, 4, 8, 16], 16,
+                 id="end-of-range"),
+])
+def test_a_sweep_stops_once_doubling_gains_under_5_percent_or_breaks_the_limit(
+    tuner_for: Callable[[str], Tuner], figures: dict[int, tuple[float, float]], swept: list[int], chosen: int,
+) -> None:
+    tuner = tuner_for("mlp")
+    tuner.max_p95_ms = 20.0
+    tuner.concurrency_search = "sweep"
+    tuner.space = SearchSpace(concurrency=IntRange(1, 16))
+    tuner.loadgen = ScriptedLoad(figures)  # type: ignore[assignment]
+    tuner.study.enqueue_trial({"instance_count": 1, "dynamic_batching": False})
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
+    assert [point[0] for point in trial.user_attrs["sweep"]] == swept
+    assert trial.user_attrs["concurrency"] == chosen and is_feasible(trial)
+
+
+def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial(tuner_for: Callable[[str], Tuner]) -> None:
+    tuner = tuner_for("mlp")
+    tuner.max_p95_ms = 20.0
+    tuner.concurrency_search = "sweep"
+    tuner.loadgen = ScriptedLoad({1: (100, 25)})  # type: ignore[assignment]
+    tuner.study.enqueue_trial({"instance_count": 1, "dynamic_batching": False})
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
+    assert trial.user_attrs["sweep"] == [[1, 100, 25]]
+    assert trial.state == TrialState.COMPLETE and not is_feasible(trial)
+
+
+def test_the_gp_sampler_without_its_extra_is_an_error_that_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("torch", "scipy") else find_spec(name, *args))
+    with pytest.raises(AutotuneError, match=r"--sampler gp needs torch and scipy: pip install 'autotune\[gp\]'"):
+        check_sampler("gp")
+    check_sampler("tpe")
