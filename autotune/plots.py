@@ -69,7 +69,7 @@ def pareto_figure(study: optuna.Study, limit_ms: float) -> Figure:
         axes.axvline(limit_ms, c="tab:red", ls="--", label=f"p95 limit {limit_ms:g} ms")
     for trial, label in ((best_trial(study), "best"), (baseline_trial(study), "baseline")):
         if trial is not None:
-            axes.annotate(f"{label} (#{trial.number})", (trial.user_attrs["p95_ms"], trial.value),
+            axes.annotate(f"{label} (#{trial.number})", (trial.user_attrs["p95_ms"], trial.user_attrs["throughput"]),
                           textcoords="offset points", xytext=(6, 6))
     axes.set_xscale("log")
     _plain_numbers(axes, 10, (1.0, 2.0, 5.0))

@@ -43,7 +43,7 @@ def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float) -> str:
 
 def _pa_line(trial: FrozenTrial) -> str:
     attrs = trial.user_attrs
-    return (f"Concurrency: {attrs['concurrency']}, throughput: {trial.value:.1f} infer/sec, "
+    return (f"Concurrency: {attrs['concurrency']}, throughput: {attrs['throughput']:.1f} infer/sec, "
             f"latency p95 {attrs['p95_ms'] * 1000:.0f} usec")
 
 
@@ -57,7 +57,8 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
              f"{infeasible} over the limit or with errors); p95 limit {max_p95_ms:g} ms"]
     baseline, best = baseline_trial(study), best_trial(study)
     if baseline is not None:
-        lines += ["", f"Baseline (trial {baseline.number}, the model as configured): {_pa_line(baseline)}",
+        pruned = f" ({baseline.user_attrs['pruned_reason']})" if "pruned_reason" in baseline.user_attrs else ""
+        lines += ["", f"Baseline (trial {baseline.number}, the model as configured): {_pa_line(baseline)}{pruned}",
                   f"  {describe(baseline.user_attrs['config'])}"]
     if best is None:
         lines += ["", f"No trial met the p95 limit of {max_p95_ms:g} ms without errors."]
@@ -118,16 +119,15 @@ def study_note(study: optuna.Study) -> str:
 
 def _gain(best: FrozenTrial | None, baseline: FrozenTrial | None) -> float | None:
     """The best trial's throughput over the baseline's, when both exist."""
-    if best is None or baseline is None or not baseline.value:
+    if best is None or baseline is None or not baseline.user_attrs.get("throughput"):
         return None
-    return (best.value or 0.0) / baseline.value
+    return (best.value or 0.0) / baseline.user_attrs["throughput"]
 
 
 def trial_json(trial: FrozenTrial | None) -> dict[str, Any] | None:
     if trial is None:
         return None
     metrics = {key: trial.user_attrs.get(key) for key in _METRICS}
-    metrics["throughput"] = trial.value
     return {"trial": trial.number, **metrics, "config": trial.user_attrs.get("config")}
 
 

@@ -141,8 +141,9 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return next((t for t in completed if t.user_attrs.get("baseline")), None)
+    """The measured baseline, pruned ones included: a baseline over the limit still says where tuning started."""
+    measured = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return next((t for t in measured if t.user_attrs.get("baseline")), None)
 
 
 def top_feasible(study: optuna.Study, n: int) -> list[FrozenTrial]:

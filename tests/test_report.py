@@ -1,0 +1,32 @@
+"""The text summary, read off studies built trial by trial."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState, create_trial
+
+from autotune.report import study_json, summary
+
+
+def measured(throughput: float, p95_ms: float, **extra: object) -> dict[str, object]:
+    return {"throughput": throughput, "p50_ms": p95_ms / 2, "p90_ms": p95_ms, "p95_ms": p95_ms, "p99_ms": p95_ms,
+            "concurrency": 2, "errors": 0, "config": {"dynamic_batching": False, "max_batch_size": 8,
+                                                       "instance_count": 1}, **extra}
+
+
+def test_a_pruned_baseline_still_anchors_the_summary_and_the_gain() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("max_p95_ms", 10.0)
+    reason = "stopped after window 1: median latency 12.0 ms, over the limit"
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={1: 400.0},
+                                 user_attrs=measured(400.0, 30.0, baseline=True, pruned_reason=reason),
+                                 system_attrs={"constraints": [20.0, 0.0]}))
+    study.add_trial(create_trial(value=1000.0, user_attrs=measured(1000.0, 8.0),
+                                 system_attrs={"constraints": [-2.0, 0.0]}))
+    text = summary(study)
+    assert ("Baseline (trial 0, the model as configured): Concurrency: 2, throughput: 400.0 infer/sec, "
+            f"latency p95 30000 usec ({reason})") in text
+    assert ("Best (trial 1): Concurrency: 2, throughput: 1000.0 infer/sec, latency p95 8000 usec "
+            "(2.50x the baseline)") in text
+    report = study_json(study, "sqlite:///studies.db", None)
+    assert report["baseline"]["throughput"] == 400.0 and report["gain"] == 2.5
