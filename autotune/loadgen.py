@@ -42,7 +42,7 @@ CHANNEL_OPTIONS = [("grpc.enable_retries", 0), ("grpc.max_send_message_length", 
 class LoadSettings:
     """How long and how carefully to measure one point, and with how many client processes."""
 
-    warmup_s: float = 1.0
+    warmup_s: float = 0.5
     window_s: float = 1.0
     max_windows: int = 8
     stability: float = 0.10

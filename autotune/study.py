@@ -41,6 +41,9 @@ SamplerName = Literal["tpe", "gp", "random"]
 ConcurrencySearch = Literal["sample", "sweep"]
 # Warm-up of a point on a config the server already serves warm (no reload): enough for the new load to settle.
 SETTLE_S = 0.1
+# Random trials before a model-based sampler takes over (Optuna's default is 10): budgets here are tens of trials,
+# and the enqueued baseline and rule of thumb count among them.
+STARTUP_TRIALS = 5
 # A sweep stops once doubling the requests in flight gains less than this: the server is saturated.
 SATURATION_GAIN = 0.05
 
@@ -60,7 +63,9 @@ def check_sampler(name: SamplerName) -> None:
         raise AutotuneError(f"--sampler gp needs {' and '.join(missing)}: pip install 'autotune[gp]'")
 
 
-def make_sampler(name: SamplerName, seed: int | None) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: SamplerName, seed: int | None, startup_trials: int = STARTUP_TRIALS
+) -> optuna.samplers.BaseSampler:
     """Optuna's sampler by its short name. Each reads the p95 and error constraints that trials record.
 
     TPE (multivariate, grouped for the conditional batching settings, with a constant liar for parallel workers)
@@ -68,10 +73,11 @@ def make_sampler(name: SamplerName, seed: int | None) -> optuna.samplers.BaseSam
     """
     check_sampler(name)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
+    return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed,
+                                      n_startup_trials=startup_trials)
 
 
 def open_study(

@@ -1,0 +1,403 @@
+"""How close autotune's search comes to the true optimum in few trials, against random search.
+
+    python benchmarks/search_efficiency.py [--models mlp wide_mlp] [--max-p95 20ms] [--regrid] [--live]
+
+1. The grid. Every server config of the model's default space (``studies/<model>.yaml``) on a grid (batcher
+   delay at four log-spaced values, every batch size, preferred "max" and "half", every instance count) is
+   loaded once on the embedded server and measured at concurrency 1, 2, 4, ... 64, until p95 passes the limit
+   (higher concurrency only adds latency). The table is cached as ``benchmarks/grid/<model>.csv`` with the date
+   it was measured; ``--regrid`` measures it again. Its best feasible point is the true optimum.
+2. The replay. autotune's own ``Tuner`` runs against the measured table instead of a live server: a sampled
+   setting is snapped to the nearest grid value, and its measurement is the table's with multiplicative noise
+   (``--noise``, the spread seen between repeated measurements here). So the search code under test is
+   exactly autotune's (enqueued baseline and rule of thumb, pruning, the sweep, re-measuring the top 3), and
+   3 seeds x 3 budgets x every strategy take seconds instead of hours. A run's result is the table's (noise
+   free) throughput of the config it crowns, as a share of the optimum; its wall time is what the same trials
+   cost live: the table's reload time where the config changed, plus autotune's default warm-up and windows.
+3. ``--live`` runs autotune for real (budget 20, default strategy) once per model, to check the replay and to
+   read off how much of a trial's wall time goes to reloading and warming up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import itertools
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import FixedTrial
+
+from autotune.embedded import EmbeddedServer
+from autotune.loadgen import LoadGenerator, LoadSettings, Measurement
+from autotune.model_config import ModelConfig, ServerParams, apply, params_of, read_pbtxt
+from autotune.server import ModelServer
+from autotune.space import SearchSpace
+from autotune.study import (
+    STARTUP_TRIALS,
+    ConcurrencySearch,
+    SamplerName,
+    Tuner,
+    best_trial,
+    is_feasible,
+    make_sampler,
+    trial_params,
+)
+from autotune.units import format_ms, parse_duration
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID_DIR = ROOT / "benchmarks" / "grid"
+# The sampled delay domain starts at low/2 = 50 us, and values under 100 us mean "no delay".
+GRID_DELAYS = (50, 250, 1400, 8000)
+GRID_SETTINGS = LoadSettings(warmup_s=0.5, window_s=0.5, max_windows=6)
+FIELDS = ("dynamic_batching", "max_batch_size", "max_queue_delay_microseconds", "preferred_batch_size",
+          "instance_count", "concurrency", "throughput", "p50_ms", "p95_ms", "errors", "windows", "reload_s",
+          "measured")
+
+Key = tuple[bool, int, int, tuple[int, ...], int]
+
+
+def grid_params(space: SearchSpace, base: ModelConfig) -> list[ServerParams]:
+    """Every distinct server config of ``space`` on the grid, built by the space itself from fixed choices."""
+    choices: list[dict[str, object]] = []
+    for instances in range(space.instance_count.low, space.instance_count.high + 1):
+        if False in space.dynamic_batching or base.max_batch_size == 0:
+            choices.append({"instance_count": instances, "dynamic_batching": False})
+        if True in space.dynamic_batching and base.max_batch_size > 0:
+            for batch, delay, preferred in itertools.product(
+                    space.batch_sizes(base), GRID_DELAYS, space.preferred_batch_size):
+                choices.append({"instance_count": instances, "dynamic_batching": True, "max_batch_size": batch,
+                                "max_queue_delay_microseconds": delay, "preferred_batch_size": preferred})
+    return list(dict.fromkeys(space.suggest(FixedTrial(c), base) for c in choices))
+
+
+def concurrency_levels(space: SearchSpace) -> list[int]:
+    low, high = space.concurrency.low, space.concurrency.high
+    return sorted({min(high, max(low, 1 << k)) for k in range(high.bit_length() + 1)})
+
+
+def key_of(params: ServerParams) -> Key:
+    return (params.dynamic_batching, params.max_batch_size, params.max_queue_delay_microseconds,
+            tuple(params.preferred_batch_size), params.instance_count)
+
+
+def measure_grid(model: str, limit_ms: float, path: Path) -> None:
+    """Measure the model's whole grid on a fresh embedded server and write it to ``path``."""
+    space = SearchSpace.from_yaml(ROOT / "studies" / f"{model}.yaml")
+    levels = concurrency_levels(space)
+    with EmbeddedServer(ROOT / "model_repository") as embedded:
+        server = ModelServer(embedded.url, model)
+        loadgen = LoadGenerator(embedded.url, model, GRID_SETTINGS)
+        configs = grid_params(space, server.original)
+        rows: list[dict[str, object]] = []
+        started = time.monotonic()
+        for index, params in enumerate(configs):
+            began = time.monotonic()
+            server.apply(apply(server.original, params))
+            reload_s = time.monotonic() - began
+            stopped: Measurement | None = None
+            for concurrency in levels:
+                if stopped is None:
+                    measured = loadgen.measure(concurrency)
+                    rows.append(_row(params, concurrency, measured, reload_s, measured=True))
+                    if measured.p95_ms > limit_ms or measured.errors:
+                        stopped = measured
+                else:
+                    rows.append(_row(params, concurrency, stopped, reload_s, measured=False))
+            print(f"  {model} {index + 1}/{len(configs)} {key_of(params)} ({time.monotonic() - started:.0f} s)",
+                  flush=True)
+        server.restore()
+        server.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        handle.write(f"# {model}, p95 limit {limit_ms:g} ms, measured {datetime.date.today()} on "
+                     f"{_machine()}, windows of {GRID_SETTINGS.window_s:g} s\n")
+        writer = csv.DictWriter(handle, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _row(params: ServerParams, concurrency: int, point: Measurement, reload_s: float,
+         measured: bool) -> dict[str, object]:
+    return {"dynamic_batching": int(params.dynamic_batching), "max_batch_size": params.max_batch_size,
+            "max_queue_delay_microseconds": params.max_queue_delay_microseconds,
+            "preferred_batch_size": ",".join(map(str, params.preferred_batch_size)),
+            "instance_count": params.instance_count, "concurrency": concurrency,
+            "throughput": round(point.throughput, 2), "p50_ms": round(point.p50_ms, 3),
+            "p95_ms": round(point.p95_ms, 3), "errors": point.errors, "windows": point.windows,
+            "reload_s": round(reload_s, 3), "measured": int(measured)}
+
+
+def _machine() -> str:
+    return f"{platform.machine()} x {os.cpu_count()} cores"
+
+
+@dataclass(frozen=True)
+class Point:
+    throughput: float
+    p50_ms: float
+    p95_ms: float
+    errors: int
+    windows: int
+    reload_s: float
+
+
+@dataclass
+class Grid:
+    """A model's measured grid: every (server config, concurrency) point, and the p95 limit it was measured for."""
+
+    model: str
+    limit_ms: float
+    header: str
+    points: dict[tuple[Key, int], Point]
+    measured: int
+
+    @classmethod
+    def read(cls, model: str, limit_ms: float, path: Path) -> Grid:
+        with path.open() as handle:
+            header = handle.readline().lstrip("# ").strip()
+            rows = list(csv.DictReader(handle))
+        points = {}
+        for row in rows:
+            key = (row["dynamic_batching"] == "1", int(row["max_batch_size"]), int(row["max_queue_delay_microseconds"]),
+                   tuple(int(v) for v in row["preferred_batch_size"].split(",") if v), int(row["instance_count"]))
+            points[key, int(row["concurrency"])] = Point(
+                float(row["throughput"]), float(row["p50_ms"]), float(row["p95_ms"]), int(row["errors"]),
+                int(row["windows"]), float(row["reload_s"]))
+        return cls(model, limit_ms, header, points, sum(row["measured"] == "1" for row in rows))
+
+    def feasible(self, point: Point) -> bool:
+        return point.p95_ms <= self.limit_ms and not point.errors
+
+    def optimum(self) -> tuple[tuple[Key, int], Point]:
+        return max(((where, p) for where, p in self.points.items() if self.feasible(p)), key=lambda x: x[1].throughput)
+
+    def snap(self, params: ServerParams, concurrency: int) -> tuple[Key, int]:
+        """The grid point nearest a sampled setting: delay and concurrency to the nearest grid value on a log scale
+        (a delay of 0 sits where the grid's "no delay" was sampled)."""
+        delay = min(GRID_DELAYS, key=lambda d: abs(math.log(d / max(params.max_queue_delay_microseconds, 50))))
+        delay = 0 if delay < 100 else delay
+        if not params.dynamic_batching:
+            delay = 0
+        levels = sorted({c for _, c in self.points})
+        return ((params.dynamic_batching, params.max_batch_size, delay, tuple(params.preferred_batch_size),
+                 params.instance_count), min(levels, key=lambda c: abs(math.log(c / concurrency))))
+
+    def reached(self, params: ServerParams, concurrency: int) -> float:
+        """The noise-free share of the optimum that deploying this config at this concurrency gives: 0 where its
+        grid point breaks the limit, since such a config is not deployable."""
+        point = self.points[self.snap(params, concurrency)]
+        return point.throughput / self.optimum()[1].throughput if self.feasible(point) else 0.0
+
+
+@dataclass
+class Clock:
+    """What the replayed trials would have cost live, in seconds: reloads, warm-ups and windows."""
+
+    seconds: float = 0.0
+    overhead: float = 0.0
+
+    def spend(self, seconds: float, overhead: bool = False) -> None:
+        self.seconds += seconds
+        self.overhead += seconds if overhead else 0.0
+
+
+class ReplayServer:
+    """Stands in for ``ModelServer``: "loading" a config remembers it and bills the grid's reload time for it."""
+
+    def __init__(self, grid: Grid, base: ModelConfig, clock: Clock) -> None:
+        self.original, self.model, self.url = base, grid.model, "replay"
+        self._grid, self._clock = grid, clock
+        self.loaded = params_of(base)
+
+    def apply(self, config: ModelConfig) -> bool:
+        params = params_of(config)
+        reloaded = self._grid.snap(params, 1) != self._grid.snap(self.loaded, 1)
+        if reloaded:
+            self._clock.spend(self._grid.points[self._grid.snap(params, 1)].reload_s, overhead=True)
+        self.loaded = params
+        return reloaded
+
+    def statistics(self) -> dict[str, float]:
+        return dict.fromkeys(("success_count", "execution_count", "queue_ns", "compute_input_ns",
+                              "compute_infer_ns", "compute_output_ns"), 0.0)
+
+
+@dataclass
+class ReplayLoad:
+    """Stands in for ``LoadGenerator``: the grid's figures for the loaded config, with log-normal noise.
+
+    Throughput is multiplied by the noise factor and latency divided by it (Little's law at a fixed concurrency).
+    A point costs autotune's default warm-up plus as many windows as the grid needed to settle, or one window when
+    ``stop_early`` condemns it (``pruning=False`` ignores that, to show what pruning saves).
+    """
+
+    grid: Grid
+    server: ReplayServer
+    clock: Clock
+    noise: float
+    rng: np.random.Generator
+    pruning: bool = True
+    settings: LoadSettings = field(default_factory=LoadSettings)
+
+    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None) -> Measurement:
+        point = self.grid.points[self.grid.snap(self.server.loaded, concurrency)]
+        factor = float(np.exp(self.rng.normal(0.0, self.noise)))
+        measured = Measurement(
+            concurrency=concurrency, throughput=point.throughput * factor, p50_ms=point.p50_ms / factor,
+            p90_ms=point.p95_ms / factor, p95_ms=point.p95_ms / factor, p99_ms=point.p95_ms / factor,
+            requests=max(1, round(point.throughput)), errors=point.errors, windows=point.windows, stable=True)
+        if self.pruning and callable(stop_early) and stop_early(measured):
+            measured = replace(measured, windows=1, cut_short=True)
+        self.clock.spend(self.settings.warmup_s if warmup_s is None else warmup_s, overhead=True)
+        self.clock.spend(measured.windows * self.settings.window_s)
+        return measured
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    sampler: SamplerName = "tpe"
+    concurrency: ConcurrencySearch = "sample"
+    knowledge: bool = True
+    confirm_rounds: int = 2
+    pruning: bool = True
+    startup: int = STARTUP_TRIALS
+
+
+STRATEGIES = (
+    Strategy("tpe, sampled concurrency"),
+    Strategy("tpe, concurrency sweep", concurrency="sweep"),
+    Strategy("gp, sampled concurrency", sampler="gp"),
+    Strategy("gp, concurrency sweep", sampler="gp", concurrency="sweep"),
+    Strategy("random search", sampler="random", knowledge=False),
+)
+ABLATIONS = (
+    Strategy("tpe, no baseline or rule of thumb", knowledge=False),
+    Strategy("tpe, no re-measuring of the top 3", confirm_rounds=0),
+    Strategy("tpe, no pruning", pruning=False),
+    Strategy("tpe, 10 random start-up trials (Optuna's default)", startup=10),
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reached: float
+    wall_s: float
+    overhead: float
+    infeasible: int
+
+
+def replay(grid: Grid, strategy: Strategy, budget: int, seed: int, noise: float) -> Outcome:
+    """One study of ``budget`` trials run by autotune's ``Tuner`` against the grid."""
+    space = SearchSpace.from_yaml(ROOT / "studies" / f"{grid.model}.yaml")
+    base = read_pbtxt(ROOT / "model_repository" / grid.model / "config.pbtxt")
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, direction="maximize",
+                                sampler=make_sampler(strategy.sampler, seed, strategy.startup))
+    clock = Clock()
+    server = ReplayServer(grid, base, clock)
+    load = ReplayLoad(grid, server, clock, noise, np.random.default_rng(seed), strategy.pruning)
+    tuner = Tuner(study, storage, server, load, space, grid.limit_ms,  # type: ignore[arg-type]
+                  concurrency_search=strategy.concurrency)
+    if strategy.knowledge:
+        tuner.enqueue_baseline(created=True)
+    tuner.optimize(budget)
+    tuner.confirm(strategy.confirm_rounds)
+    best = best_trial(study)
+    reached = grid.reached(trial_params(best), best.user_attrs["concurrency"]) if best else 0.0
+    infeasible = sum(not is_feasible(t) for t in study.trials if t.state.is_finished())
+    return Outcome(reached, clock.seconds, clock.overhead / clock.seconds, infeasible)
+
+
+def replay_table(grid: Grid, strategies: tuple[Strategy, ...], budgets: tuple[int, ...], seeds: int,
+                 noise: float) -> Iterator[str]:
+    yield (f"{'strategy':<36} {'trials':>6} {'reached (median, worst)':>24} {'wall (median)':>14} "
+             f"{'infeasible':>10} {'reload+warm-up':>15}")
+    for strategy in strategies:
+        for budget in budgets:
+            runs = [replay(grid, strategy, budget, seed, noise) for seed in range(seeds)]
+            reached = [r.reached for r in runs]
+            yield (f"{strategy.name:<36} {budget:>6} {statistics.median(reached):>15.1%} ({min(reached):>6.1%}) "
+                f"{_minutes(statistics.median(r.wall_s for r in runs)):>14} "
+                f"{statistics.median(r.infeasible for r in runs):>10g} "
+                f"{statistics.median(r.overhead for r in runs):>15.0%}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def live(grid: Grid, budget: int, seed: int, extra: list[str]) -> list[str]:
+    """autotune run for real with its defaults: the share of the optimum its winner reaches on the grid, its wall
+    time, and how much of each trial went to reloading and warming up."""
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.monotonic()
+        subprocess.run(
+            [sys.executable, "-m", "autotune", "optimize", "--model", grid.model, "--max-p95", f"{grid.limit_ms:g}ms",
+             "--trials", str(budget), "--seed", str(seed), "--storage", f"sqlite:///{tmp}/live.db",
+             "--output", f"{tmp}/config.pbtxt", "--json", *extra],
+            cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        wall = time.monotonic() - started
+        study = optuna.load_study(study_name=f"{grid.model}-p95-{format_ms(grid.limit_ms)}",
+                                  storage=f"sqlite:///{tmp}/live.db")
+    trials = [t for t in study.trials if t.state.is_finished() and "measure_s" in t.user_attrs]
+    overhead = sum(t.user_attrs["reload_s"] + t.user_attrs["warmup_s"] for t in trials)
+    spent = sum(t.user_attrs["reload_s"] + t.user_attrs["measure_s"] for t in trials)
+    best = best_trial(study)
+    reached = grid.reached(trial_params(best), best.user_attrs["concurrency"]) if best else 0.0
+    return [f"live, {' '.join(extra) or 'defaults'}: {budget} trials, seed {seed}: reached {reached:.1%} of the grid "
+            f"optimum (measured {best.value if best else 0:.0f} infer/s) in {_minutes(wall)}; reload + warm-up "
+            f"{overhead / spent:.0%} of the trials' time; {sum(not is_feasible(t) for t in trials)} infeasible"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["mlp", "wide_mlp"])
+    parser.add_argument("--max-p95", default="20ms")
+    parser.add_argument("--regrid", action="store_true", help="measure the grid again instead of reading its CSV")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 30])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--noise", type=float, default=0.05, help="log-normal sigma of a replayed measurement")
+    parser.add_argument("--ablations", action="store_true", help="also replay TPE without each of its aids")
+    parser.add_argument("--live", nargs="*", metavar="OPTION",
+                        help="also run autotune for real (budget 20), with these extra optimize options")
+    args = parser.parse_args()
+    limit_ms = parse_duration(args.max_p95, "--max-p95") * 1000
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", module="optuna")
+    for model in args.models:
+        path = GRID_DIR / f"{model}.csv"
+        if args.regrid or not path.exists():
+            print(f"Measuring the grid of {model} (p95 limit {limit_ms:g} ms) ...", flush=True)
+            measure_grid(model, limit_ms, path)
+        grid = Grid.read(model, limit_ms, path)
+        (key, concurrency), best = grid.optimum()
+        configs = len({k for k, _ in grid.points})
+        print(f"\n{grid.header}\n{configs} configs x {len(grid.points) // configs} concurrencies, "
+              f"{grid.measured} points measured (the rest lie past the limit). Optimum: {best.throughput:.0f} "
+              f"infer/s at p95 {best.p95_ms:.1f} ms, {key} at concurrency {concurrency}. Replay noise "
+              f"sigma {args.noise:g}, {args.seeds} seeds.\n")
+        strategies = STRATEGIES + (ABLATIONS if args.ablations else ())
+        for line in replay_table(grid, strategies, tuple(args.budgets), args.seeds, args.noise):
+            print(line, flush=True)
+        if args.live is not None:
+            print(*live(grid, 20, 0, args.live), sep="\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
