@@ -180,7 +180,7 @@ def optimize(
         "random (a yardstick). tpe and gp learn where the p95 limit holds.")] = "tpe",
     concurrency_search: Annotated[ConcurrencySearch, typer.Option(
         help="sample: concurrency is one more sampled setting. sweep: each trial raises it through powers of "
-        "two on its config, without reloads, while p95 holds and throughput still grows.")] = "sample",
+        "two on its config, without reloads, while p95 holds and throughput still grows.")] = "sweep",
     gpus: Annotated[str | None, typer.Option(
         help="GPU ids, e.g. 0,1: one worker with its own embedded server per GPU (CUDA_VISIBLE_DEVICES), "
         "all on one study.")] = None,

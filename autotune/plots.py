@@ -105,8 +105,8 @@ def concurrency_figure(study: optuna.Study, top: int = 4) -> Figure:
     ranked = sorted(by_config.items(), key=lambda item: _best_feasible(item[1]), reverse=True)
     figure, axes = plt.subplots(figsize=(8, 5))
     for label, trials in ranked[:top]:
-        trials.sort(key=lambda t: t.user_attrs["concurrency"])
-        axes.plot([t.user_attrs["concurrency"] for t in trials], [t.value for t in trials], marker="o", label=label)
+        curve = dict(sorted(point for trial in trials for point in _points(trial)))
+        axes.plot(list(curve), list(curve.values()), marker="o", label=label)
     axes.set_xscale("log", base=2)
     _plain_numbers(axes, 2)
     axes.set_xlabel("client concurrency (log scale)")
@@ -115,6 +115,14 @@ def concurrency_figure(study: optuna.Study, top: int = 4) -> Figure:
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="best")
     return figure
+
+
+def _points(trial: FrozenTrial) -> list[tuple[int, float]]:
+    """(concurrency, throughput) as a trial measured it: each point of its sweep, or its one point."""
+    sweep = trial.user_attrs.get("sweep")
+    if sweep:
+        return [(int(concurrency), throughput) for concurrency, throughput, _ in sweep]
+    return [(trial.user_attrs["concurrency"], trial.value or 0.0)]
 
 
 def _best_feasible(trials: list[FrozenTrial]) -> float:

@@ -66,10 +66,11 @@ def check_sampler(name: SamplerName) -> None:
 def make_sampler(
     name: SamplerName, seed: int | None, startup_trials: int = STARTUP_TRIALS
 ) -> optuna.samplers.BaseSampler:
-    """Optuna's sampler by its short name. Each reads the p95 and error constraints that trials record.
+    """Optuna's sampler by its short name. TPE and GP learn from the p95 and error constraints that trials record;
+    random search ignores them and serves as a yardstick.
 
     TPE (multivariate, grouped for the conditional batching settings, with a constant liar for parallel workers)
-    is the default; the Gaussian-process sampler needs PyTorch (the ``gp`` extra).
+    is the default; the Gaussian-process sampler needs PyTorch and SciPy (the ``gp`` extra).
     """
     check_sampler(name)
     if name == "gp":
@@ -196,7 +197,7 @@ class Tuner:
     space: SearchSpace
     max_p95_ms: float
     worker: dict[str, str] = field(default_factory=dict)
-    concurrency_search: ConcurrencySearch = "sample"
+    concurrency_search: ConcurrencySearch = "sweep"
     _warm: bool = field(default=False, init=False)  # the loaded config has served load since it was loaded
 
     @property

@@ -84,11 +84,6 @@ def grid_params(space: SearchSpace, base: ModelConfig) -> list[ServerParams]:
     return list(dict.fromkeys(space.suggest(FixedTrial(c), base) for c in choices))
 
 
-def concurrency_levels(space: SearchSpace) -> list[int]:
-    low, high = space.concurrency.low, space.concurrency.high
-    return sorted({min(high, max(low, 1 << k)) for k in range(high.bit_length() + 1)})
-
-
 def key_of(params: ServerParams) -> Key:
     return (params.dynamic_batching, params.max_batch_size, params.max_queue_delay_microseconds,
             tuple(params.preferred_batch_size), params.instance_count)
@@ -97,7 +92,7 @@ def key_of(params: ServerParams) -> Key:
 def measure_grid(model: str, limit_ms: float, path: Path) -> None:
     """Measure the model's whole grid on a fresh embedded server and write it to ``path``."""
     space = SearchSpace.from_yaml(ROOT / "studies" / f"{model}.yaml")
-    levels = concurrency_levels(space)
+    levels = space.concurrency_levels()
     with EmbeddedServer(ROOT / "model_repository") as embedded:
         server = ModelServer(embedded.url, model)
         loadgen = LoadGenerator(embedded.url, model, GRID_SETTINGS)
@@ -341,6 +336,27 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
+def recheck(grid: Grid, n: int, seed: int) -> str:
+    """Measure ``n`` random measured grid points again: the spread of the ratios is the noise a search meets."""
+    rng = np.random.default_rng(seed)
+    measured = [where for where, point in grid.points.items() if grid.feasible(point)]
+    picked = [measured[i] for i in rng.choice(len(measured), size=min(n, len(measured)), replace=False)]
+    ratios = []
+    with EmbeddedServer(ROOT / "model_repository") as embedded:
+        server = ModelServer(embedded.url, grid.model)
+        loadgen = LoadGenerator(embedded.url, grid.model, GRID_SETTINGS)
+        for key, concurrency in picked:
+            dynamic, batch, delay, preferred, instances = key
+            server.apply(apply(server.original, ServerParams(dynamic, batch, delay, preferred, instances)))
+            ratios.append(loadgen.measure(concurrency).throughput / grid.points[key, concurrency].throughput)
+        server.restore()
+        server.close()
+    logs = np.log(ratios)
+    return (f"re-measured {len(ratios)} grid points: throughput ratio median {np.exp(np.median(logs)):.2f}, "
+            f"log-ratio sd {np.std(logs):.3f}, so about {np.std(logs) / math.sqrt(2):.3f} per measurement "
+            "(compare --noise)")
+
+
 def live(grid: Grid, budget: int, seed: int, extra: list[str]) -> list[str]:
     """autotune run for real with its defaults: the share of the optimum its winner reaches on the grid, its wall
     time, and how much of each trial went to reloading and warming up."""
@@ -395,6 +411,7 @@ def main() -> int:
         for line in replay_table(grid, strategies, tuple(args.budgets), args.seeds, args.noise):
             print(line, flush=True)
         if args.live is not None:
+            print(recheck(grid, 12, 0), flush=True)
             print(*live(grid, 20, 0, args.live), sep="\n", flush=True)
     return 0
 

@@ -82,6 +82,8 @@ def test_the_default_run_tunes_the_demo_model_and_exports_a_config_tritonserver_
     confirmed = load(storage, "mlp-p95-50ms").user_attrs["confirmed"]
     assert len(confirmed["trials"]) == 3 and all(len(run["throughput"]) == 1 for run in confirmed["trials"])
     assert best["trial"] == confirmed["winner"], "the winner of the re-measurement is exported"
+    swept = load(storage, "mlp-p95-50ms").trials[best["trial"]].user_attrs["sweep"]
+    assert best["concurrency"] in [concurrency for concurrency, _, _ in swept], "concurrency comes from the sweep"
     exported = Path(tmp_path / report["output"])
     assert exported == tmp_path / "studies" / "mlp-p95-50ms" / "config.pbtxt"
 
@@ -93,6 +95,19 @@ def test_the_default_run_tunes_the_demo_model_and_exports_a_config_tritonserver_
         running = params_of(model.running_config())
         model.close()
     assert running.as_dict() == best["config"]
+
+
+def test_concurrency_can_be_sampled_as_one_more_setting_instead_of_swept(
+    triton: EmbeddedServer, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    result = autotune("optimize", "--max-p95", "50ms", "--trials", "3", "--url", triton.url, "--storage", storage,
+                      "--space", str(small_space(tmp_path)), "--concurrency-search", "sample", "--sampler", "random",
+                      *QUICK, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = load(storage, "mlp-p95-50ms").trials
+    assert all("sweep" not in t.user_attrs for t in trials)
+    assert all(t.params["concurrency"] == t.user_attrs["concurrency"] for t in trials)
 
 
 def test_a_rerun_resumes_the_study_and_leaves_the_model_as_it_was(triton: EmbeddedServer, tmp_path: Path) -> None:

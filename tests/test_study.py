@@ -15,7 +15,16 @@ from autotune.errors import AutotuneError
 from autotune.loadgen import LoadGenerator, LoadSettings, Measurement
 from autotune.server import ModelServer
 from autotune.space import IntRange, SearchSpace
-from autotune.study import CONFIRMED_KEY, SETTLE_S, Tuner, best_trial, check_sampler, crown, is_feasible
+from autotune.study import (
+    CONFIRMED_KEY,
+    SETTLE_S,
+    ConcurrencySearch,
+    Tuner,
+    best_trial,
+    check_sampler,
+    crown,
+    is_feasible,
+)
 
 QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=3)
 
@@ -30,16 +39,20 @@ def finished(study: optuna.Study) -> list[FrozenTrial]:
 
 
 @pytest.fixture
-def tuner_for(triton: EmbeddedServer) -> Iterator[Callable[[str], Tuner]]:
-    """Tuners of a model on the session's server, in an in-memory study; their models are restored afterwards."""
+def tuner_for(triton: EmbeddedServer) -> Iterator[Callable[..., Tuner]]:
+    """Tuners of a model on the session's server, in an in-memory study; their models are restored afterwards.
+
+    Their trials measure one sampled concurrency each, unless a test asks for the sweep.
+    """
     servers: list[ModelServer] = []
 
-    def make(model: str) -> Tuner:
+    def make(model: str, concurrency_search: ConcurrencySearch = "sample") -> Tuner:
         server = ModelServer(triton.url, model, explain=triton.last_error)
         servers.append(server)
         storage = optuna.storages.InMemoryStorage()
         study = optuna.create_study(storage=storage, direction="maximize")
-        return Tuner(study, storage, server, LoadGenerator(triton.url, model, QUICK), SearchSpace(), 1000.0)
+        return Tuner(study, storage, server, LoadGenerator(triton.url, model, QUICK), SearchSpace(), 1000.0,
+                     concurrency_search=concurrency_search)
 
     yield make
     for server in servers:
@@ -47,7 +60,7 @@ def tuner_for(triton: EmbeddedServer) -> Iterator[Callable[[str], Tuner]]:
         server.close()
 
 
-def test_after_a_refused_config_the_next_valid_one_is_measured(tuner_for: Callable[[str], Tuner]) -> None:
+def test_after_a_refused_config_the_next_valid_one_is_measured(tuner_for: Callable[..., Tuner]) -> None:
     tuner = tuner_for("picky")
     tuner.study.enqueue_trial(batching(8))
     tuner.study.enqueue_trial(batching(1))
@@ -61,7 +74,7 @@ def test_after_a_refused_config_the_next_valid_one_is_measured(tuner_for: Callab
 
 
 def test_a_trial_whose_requests_all_fail_is_failed_with_the_servers_message(
-    tuner_for: Callable[[str], Tuner],
+    tuner_for: Callable[..., Tuner],
 ) -> None:
     tuner = tuner_for("broken")
     tuner.enqueue_baseline()
@@ -72,7 +85,7 @@ def test_a_trial_whose_requests_all_fail_is_failed_with_the_servers_message(
 
 
 def test_the_baseline_is_the_model_as_configured_at_the_guides_concurrency(
-    tuner_for: Callable[[str], Tuner],
+    tuner_for: Callable[..., Tuner],
 ) -> None:
     tuner = tuner_for("mlp")
     tuner.enqueue_baseline(created=True)
@@ -89,7 +102,7 @@ def test_the_baseline_is_the_model_as_configured_at_the_guides_concurrency(
     assert baseline.user_attrs["measure_s"] >= QUICK.warmup_s + 3 * QUICK.window_s, baseline.user_attrs
 
 
-def test_a_study_that_holds_its_budget_runs_nothing_more(tuner_for: Callable[[str], Tuner]) -> None:
+def test_a_study_that_holds_its_budget_runs_nothing_more(tuner_for: Callable[..., Tuner]) -> None:
     tuner = tuner_for("mlp")
     tuner.enqueue_baseline()
     tuner.optimize(2)
@@ -97,7 +110,7 @@ def test_a_study_that_holds_its_budget_runs_nothing_more(tuner_for: Callable[[st
     assert [t.state for t in tuner.study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
 
 
-def test_patience_stops_when_trials_bring_no_improvement(tuner_for: Callable[[str], Tuner]) -> None:
+def test_patience_stops_when_trials_bring_no_improvement(tuner_for: Callable[..., Tuner]) -> None:
     tuner = tuner_for("mlp")
     tuner.max_p95_ms = 0.001  # nothing can be feasible, so no trial improves on the last
     stopped = tuner.optimize(10, patience=2)
@@ -106,14 +119,14 @@ def test_patience_stops_when_trials_bring_no_improvement(tuner_for: Callable[[st
     assert [t.state for t in tuner.study.trials] == [TrialState.PRUNED] * 2, "no slot is left behind"
 
 
-def test_timeout_stops_this_worker_after_the_running_trial(tuner_for: Callable[[str], Tuner]) -> None:
+def test_timeout_stops_this_worker_after_the_running_trial(tuner_for: Callable[..., Tuner]) -> None:
     tuner = tuner_for("mlp")
     stopped = tuner.optimize(10, timeout_s=0.001)
     assert stopped is not None and "--timeout" in stopped
     assert len([t for t in tuner.study.trials if t.state.is_finished()]) == 1
 
 
-def test_a_trial_far_over_the_limit_is_pruned_after_its_first_window(tuner_for: Callable[[str], Tuner]) -> None:
+def test_a_trial_far_over_the_limit_is_pruned_after_its_first_window(tuner_for: Callable[..., Tuner]) -> None:
     tuner = tuner_for("mlp")
     tuner.max_p95_ms = 0.001
     tuner.study.enqueue_trial(batching(8, concurrency=4))
@@ -126,7 +139,7 @@ def test_a_trial_far_over_the_limit_is_pruned_after_its_first_window(tuner_for: 
     assert not is_feasible(trial) and trial.constraints.values(), "the sampler learns it was infeasible"
 
 
-def test_the_first_trials_are_the_baseline_and_the_guides_rule_of_thumb(tuner_for: Callable[[str], Tuner]) -> None:
+def test_the_first_trials_are_the_baseline_and_the_guides_rule_of_thumb(tuner_for: Callable[..., Tuner]) -> None:
     tuner = tuner_for("mlp")
     tuner.enqueue_baseline(created=True)
     tuner.optimize(2)
@@ -138,7 +151,7 @@ def test_the_first_trials_are_the_baseline_and_the_guides_rule_of_thumb(tuner_fo
     assert rule.params["concurrency"] == 64
 
 
-def test_confirm_measures_the_top_trials_again_and_crowns_the_winner(tuner_for: Callable[[str], Tuner]) -> None:
+def test_confirm_measures_the_top_trials_again_and_crowns_the_winner(tuner_for: Callable[..., Tuner]) -> None:
     tuner = tuner_for("mlp")
     for concurrency in (1, 2, 4, 8):
         tuner.study.enqueue_trial(batching(8, concurrency))
@@ -162,7 +175,7 @@ def test_the_crown_goes_to_runs_that_held_the_limit_then_to_the_highest_median()
 
 
 def test_a_config_still_warm_from_the_last_trial_gets_a_short_settle_instead_of_a_warm_up(
-    tuner_for: Callable[[str], Tuner],
+    tuner_for: Callable[..., Tuner],
 ) -> None:
     tuner = tuner_for("mlp")
     for max_batch_size, concurrency in ((8, 1), (8, 2), (4, 2)):
@@ -176,10 +189,9 @@ def test_a_config_still_warm_from_the_last_trial_gets_a_short_settle_instead_of_
 
 
 def test_a_sweep_raises_concurrency_on_one_loaded_config_and_keeps_its_best_feasible_point(
-    tuner_for: Callable[[str], Tuner],
+    tuner_for: Callable[..., Tuner],
 ) -> None:
-    tuner = tuner_for("mlp")
-    tuner.concurrency_search = "sweep"
+    tuner = tuner_for("mlp", "sweep")
     tuner.space = SearchSpace(concurrency=IntRange(1, 8))
     tuner.study.enqueue_trial({k: v for k, v in batching(8).items() if k != "concurrency"})
     tuner.optimize(1)
@@ -213,11 +225,10 @@ class ScriptedLoad:
                  id="end-of-range"),
 ])
 def test_a_sweep_stops_once_doubling_gains_under_5_percent_or_breaks_the_limit(
-    tuner_for: Callable[[str], Tuner], figures: dict[int, tuple[float, float]], swept: list[int], chosen: int,
+    tuner_for: Callable[..., Tuner], figures: dict[int, tuple[float, float]], swept: list[int], chosen: int,
 ) -> None:
-    tuner = tuner_for("mlp")
+    tuner = tuner_for("mlp", "sweep")
     tuner.max_p95_ms = 20.0
-    tuner.concurrency_search = "sweep"
     tuner.space = SearchSpace(concurrency=IntRange(1, 16))
     tuner.loadgen = ScriptedLoad(figures)  # type: ignore[assignment]
     tuner.study.enqueue_trial({"instance_count": 1, "dynamic_batching": False})
@@ -227,10 +238,9 @@ def test_a_sweep_stops_once_doubling_gains_under_5_percent_or_breaks_the_limit(
     assert trial.user_attrs["concurrency"] == chosen and is_feasible(trial)
 
 
-def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial(tuner_for: Callable[[str], Tuner]) -> None:
-    tuner = tuner_for("mlp")
+def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial(tuner_for: Callable[..., Tuner]) -> None:
+    tuner = tuner_for("mlp", "sweep")
     tuner.max_p95_ms = 20.0
-    tuner.concurrency_search = "sweep"
     tuner.loadgen = ScriptedLoad({1: (100, 25)})  # type: ignore[assignment]
     tuner.study.enqueue_trial({"instance_count": 1, "dynamic_batching": False})
     tuner.optimize(1)
