@@ -179,6 +179,13 @@ def crown(runs: dict[int, list[tuple[float, float, int]]], max_p95_ms: float) ->
     return max(runs, key=score)
 
 
+def fill_level(params: ServerParams) -> int:
+    """Requests in flight from which a dynamic batcher can dispatch full batches without waiting out its delay."""
+    if not params.dynamic_batching:
+        return 1
+    return max(params.preferred_batch_size or (params.max_batch_size,))
+
+
 def trial_params(trial: FrozenTrial) -> ServerParams:
     """The server settings a trial ran with, as recorded in its user attributes."""
     recorded = dict(trial.user_attrs["config"])
@@ -324,7 +331,7 @@ class Tuner:
         started = time.monotonic()
         warmup_s = self._warmup(reloaded)
         if self.concurrency_search == "sweep":
-            measurement, points = self._sweep(warmup_s)
+            measurement, points = self._sweep(warmup_s, fill_level(params))
             trial.set_user_attr("sweep", points)
             warmup_s += SETTLE_S * (len(points) - 1)
         else:
@@ -362,10 +369,12 @@ class Tuner:
         self._warm = True
         return SETTLE_S if warm else self.loadgen.settings.warmup_s
 
-    def _sweep(self, warmup_s: float) -> tuple[Measurement, list[list[float]]]:
+    def _sweep(self, warmup_s: float, fill: int) -> tuple[Measurement, list[list[float]]]:
         """Raise the concurrency through the space's powers of two, on the loaded config, while it holds the limit
         and still gains throughput. The best feasible point stands for the trial (the first, when none is).
 
+        Below ``fill`` requests in flight a dynamic batcher cannot fill a batch and waits out its delay, so latency
+        can fall and throughput jump once concurrency reaches it: the sweep does not stop before (errors aside).
         Neither a reload nor a full warm-up is needed between points, so one trial learns a config's useful range.
         """
         first: Measurement | None = None
@@ -375,12 +384,11 @@ class Tuner:
             measured = self.loadgen.measure(concurrency, self._hopeless, SETTLE_S if first else warmup_s)
             points.append([concurrency, round(measured.throughput, 2), round(measured.p95_ms, 3)])
             first = first or measured
-            if measured.cut_short or measured.errors or measured.p95_ms > self.max_p95_ms:
-                break
+            feasible = not (measured.cut_short or measured.errors or measured.p95_ms > self.max_p95_ms)
             gained = best is None or measured.throughput >= best.throughput * (1 + SATURATION_GAIN)
-            if best is None or measured.throughput > best.throughput:
+            if feasible and (best is None or measured.throughput > best.throughput):
                 best = measured
-            if not gained:
+            if measured.errors or (concurrency >= fill and not (feasible and gained)):
                 break
         assert first is not None, "a search space always has a concurrency"
         return best or first, points

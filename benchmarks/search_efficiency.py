@@ -52,6 +52,7 @@ from autotune.study import (
     SamplerName,
     Tuner,
     best_trial,
+    fill_level,
     is_feasible,
     make_sampler,
     trial_params,
@@ -89,33 +90,71 @@ def key_of(params: ServerParams) -> Key:
             tuple(params.preferred_batch_size), params.instance_count)
 
 
-def measure_grid(model: str, limit_ms: float, path: Path) -> None:
-    """Measure the model's whole grid on a fresh embedded server and write it to ``path``."""
+def measure_grid(model: str, limit_ms: float, path: Path, regrid: bool) -> None:
+    """Measure each config of the model's grid that ``path`` does not yet hold complete, on a fresh embedded server.
+
+    A config is complete once measured up to the last concurrency, or up to a point past its batcher's fill level
+    (below it the batcher waits out its delay) whose p95 breaks the limit; the rest are copies of that point. The
+    CSV is rewritten after every config, so an interrupted grid resumes where it stopped.
+    """
     space = SearchSpace.from_yaml(ROOT / "studies" / f"{model}.yaml")
     levels = space.concurrency_levels()
+    kept = {} if regrid or not path.exists() else _complete_rows(path, limit_ms)
+    configs = grid_params(space, read_pbtxt(ROOT / "model_repository" / model / "config.pbtxt"))
+    rows = {key_of(params): kept[key_of(params)] for params in configs if key_of(params) in kept}
+    missing = [params for params in configs if key_of(params) not in kept]
+    if not missing:
+        return
     with EmbeddedServer(ROOT / "model_repository") as embedded:
         server = ModelServer(embedded.url, model)
         loadgen = LoadGenerator(embedded.url, model, GRID_SETTINGS)
-        configs = grid_params(space, server.original)
-        rows: list[dict[str, object]] = []
         started = time.monotonic()
-        for index, params in enumerate(configs):
+        for index, params in enumerate(missing):
             began = time.monotonic()
             server.apply(apply(server.original, params))
             reload_s = time.monotonic() - began
+            measured_rows: list[dict[str, object]] = []
             stopped: Measurement | None = None
             for concurrency in levels:
                 if stopped is None:
                     measured = loadgen.measure(concurrency)
-                    rows.append(_row(params, concurrency, measured, reload_s, measured=True))
-                    if measured.p95_ms > limit_ms or measured.errors:
-                        stopped = measured
+                    measured_rows.append(_row(params, concurrency, measured, reload_s, measured=True))
+                    over = measured.p95_ms > limit_ms and concurrency >= fill_level(params)
+                    stopped = measured if over or measured.errors else None
                 else:
-                    rows.append(_row(params, concurrency, stopped, reload_s, measured=False))
-            print(f"  {model} {index + 1}/{len(configs)} {key_of(params)} ({time.monotonic() - started:.0f} s)",
+                    measured_rows.append(_row(params, concurrency, stopped, reload_s, measured=False))
+            rows[key_of(params)] = measured_rows
+            _write_grid(path, model, limit_ms, [row for config in rows.values() for row in config])
+            print(f"  {model} {index + 1}/{len(missing)} {key_of(params)} ({time.monotonic() - started:.0f} s)",
                   flush=True)
         server.restore()
         server.close()
+
+
+def _complete_rows(path: Path, limit_ms: float) -> dict[Key, list[dict[str, object]]]:
+    with path.open() as handle:
+        handle.readline()
+        rows = list(csv.DictReader(handle))
+    by_key: dict[Key, list[dict[str, object]]] = {}
+    for row in rows:
+        by_key.setdefault(_key_of_row(row), []).append(row)
+    complete = {}
+    for key, config in by_key.items():
+        measured = [row for row in config if row["measured"] == "1"]
+        last = measured[-1]
+        fill = max(key[3]) if key[0] else 1
+        if len(measured) == len(config) or (int(last["concurrency"]) >= fill and
+                                            (float(last["p95_ms"]) > limit_ms or last["errors"] != "0")):
+            complete[key] = config
+    return complete
+
+
+def _key_of_row(row: dict[str, str]) -> Key:
+    return (row["dynamic_batching"] == "1", int(row["max_batch_size"]), int(row["max_queue_delay_microseconds"]),
+            tuple(int(v) for v in row["preferred_batch_size"].split(",") if v), int(row["instance_count"]))
+
+
+def _write_grid(path: Path, model: str, limit_ms: float, rows: list[dict[str, object]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         handle.write(f"# {model}, p95 limit {limit_ms:g} ms, measured {datetime.date.today()} on "
@@ -167,9 +206,7 @@ class Grid:
             rows = list(csv.DictReader(handle))
         points = {}
         for row in rows:
-            key = (row["dynamic_batching"] == "1", int(row["max_batch_size"]), int(row["max_queue_delay_microseconds"]),
-                   tuple(int(v) for v in row["preferred_batch_size"].split(",") if v), int(row["instance_count"]))
-            points[key, int(row["concurrency"])] = Point(
+            points[_key_of_row(row), int(row["concurrency"])] = Point(
                 float(row["throughput"]), float(row["p50_ms"]), float(row["p95_ms"]), int(row["errors"]),
                 int(row["windows"]), float(row["reload_s"]))
         return cls(model, limit_ms, header, points, sum(row["measured"] == "1" for row in rows))
@@ -397,9 +434,8 @@ def main() -> int:
     warnings.filterwarnings("ignore", module="optuna")
     for model in args.models:
         path = GRID_DIR / f"{model}.csv"
-        if args.regrid or not path.exists():
-            print(f"Measuring the grid of {model} (p95 limit {limit_ms:g} ms) ...", flush=True)
-            measure_grid(model, limit_ms, path)
+        print(f"The grid of {model} (p95 limit {limit_ms:g} ms): measuring what {path.name} lacks ...", flush=True)
+        measure_grid(model, limit_ms, path, args.regrid)
         grid = Grid.read(model, limit_ms, path)
         (key, concurrency), best = grid.optimum()
         configs = len({k for k, _ in grid.points})

@@ -218,20 +218,30 @@ class ScriptedLoad:
                            stable=True)
 
 
-@pytest.mark.parametrize(("figures", "swept", "chosen"), [
-    pytest.param({1: (100, 5), 2: (190, 6), 4: (300, 9), 8: (310, 15)}, [1, 2, 4, 8], 8, id="saturated"),
-    pytest.param({1: (100, 5), 2: (190, 8), 4: (300, 25)}, [1, 2, 4], 2, id="over-the-limit"),
-    pytest.param({1: (100, 5), 2: (200, 6), 4: (400, 9), 8: (800, 12), 16: (1600, 18)}, [1, 2, 4, 8, 16], 16,
-                 id="end-of-range"),
+NO_BATCHING = {"instance_count": 1, "dynamic_batching": False}
+# Batches of 8, and a long delay: below 8 requests in flight each batch waits the delay out.
+BATCHES_OF_8 = {"instance_count": 1, "dynamic_batching": True, "max_batch_size": 8,
+                "max_queue_delay_microseconds": 15000, "preferred_batch_size": "max"}
+
+
+@pytest.mark.parametrize(("config", "figures", "swept", "chosen"), [
+    pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 6), 4: (300, 9), 8: (310, 15)}, [1, 2, 4, 8], 8,
+                 id="saturated"),
+    pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 8), 4: (300, 25)}, [1, 2, 4], 2, id="over-the-limit"),
+    pytest.param(NO_BATCHING, {1: (100, 5), 2: (200, 6), 4: (400, 9), 8: (800, 12), 16: (1600, 18)},
+                 [1, 2, 4, 8, 16], 16, id="end-of-range"),
+    pytest.param(BATCHES_OF_8, {1: (60, 25), 2: (60, 30), 4: (50, 35), 8: (900, 12), 16: (880, 15)},
+                 [1, 2, 4, 8, 16], 8, id="batcher-filled-only-from-8"),
 ])
 def test_a_sweep_stops_once_doubling_gains_under_5_percent_or_breaks_the_limit(
-    tuner_for: Callable[..., Tuner], figures: dict[int, tuple[float, float]], swept: list[int], chosen: int,
+    tuner_for: Callable[..., Tuner], config: dict[str, object], figures: dict[int, tuple[float, float]],
+    swept: list[int], chosen: int,
 ) -> None:
     tuner = tuner_for("mlp", "sweep")
     tuner.max_p95_ms = 20.0
     tuner.space = SearchSpace(concurrency=IntRange(1, 16))
     tuner.loadgen = ScriptedLoad(figures)  # type: ignore[assignment]
-    tuner.study.enqueue_trial({"instance_count": 1, "dynamic_batching": False})
+    tuner.study.enqueue_trial(config)
     tuner.optimize(1)
     (trial,) = tuner.study.trials
     assert [point[0] for point in trial.user_attrs["sweep"]] == swept
@@ -242,7 +252,7 @@ def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial(tuner
     tuner = tuner_for("mlp", "sweep")
     tuner.max_p95_ms = 20.0
     tuner.loadgen = ScriptedLoad({1: (100, 25)})  # type: ignore[assignment]
-    tuner.study.enqueue_trial({"instance_count": 1, "dynamic_batching": False})
+    tuner.study.enqueue_trial(NO_BATCHING)
     tuner.optimize(1)
     (trial,) = tuner.study.trials
     assert trial.user_attrs["sweep"] == [[1, 100, 25]]
