@@ -122,6 +122,8 @@ class ModelServer:
             else:
                 self._client.load_model(self.model, config=config_json, client_timeout=self.load_timeout_s)
         except InferenceServerException as error:
+            if error.status() == "StatusCode.UNAVAILABLE":
+                raise  # the server is gone, which no other configuration mends
             reason = _reason(error)
             if "explicit model load / unload is not allowed" in reason:
                 raise AutotuneError(

@@ -106,7 +106,7 @@ def measure_grid(model: str, limit_ms: float, path: Path, regrid: bool) -> None:
     if not missing:
         return
     with EmbeddedServer(ROOT / "model_repository") as embedded:
-        server = ModelServer(embedded.url, model)
+        server = ModelServer(embedded.url, model, explain=embedded.log_tail)
         loadgen = LoadGenerator(embedded.url, model, GRID_SETTINGS)
         started = time.monotonic()
         for index, params in enumerate(missing):
@@ -303,7 +303,7 @@ class ReplayLoad:
 class Strategy:
     name: str
     sampler: SamplerName = "tpe"
-    concurrency: ConcurrencySearch = "sample"
+    concurrency: ConcurrencySearch = "sweep"
     knowledge: bool = True
     confirm_rounds: int = 2
     pruning: bool = True
@@ -311,11 +311,12 @@ class Strategy:
 
 
 STRATEGIES = (
-    Strategy("tpe, sampled concurrency"),
-    Strategy("tpe, concurrency sweep", concurrency="sweep"),
-    Strategy("gp, sampled concurrency", sampler="gp"),
-    Strategy("gp, concurrency sweep", sampler="gp", concurrency="sweep"),
-    Strategy("random search", sampler="random", knowledge=False),
+    Strategy("tpe, concurrency sweep (default)"),
+    Strategy("tpe, sampled concurrency", concurrency="sample"),
+    Strategy("gp, concurrency sweep", sampler="gp"),
+    Strategy("gp, sampled concurrency", sampler="gp", concurrency="sample"),
+    Strategy("random search, concurrency sweep", sampler="random", knowledge=False),
+    Strategy("random search, sampled concurrency", sampler="random", knowledge=False, concurrency="sample"),
 )
 ABLATIONS = (
     Strategy("tpe, no baseline or rule of thumb", knowledge=False),

@@ -212,6 +212,28 @@ def test_a_signal_records_the_trial_as_failed_restores_the_model_and_a_rerun_fin
     holder.close()
 
 
+def test_a_server_lost_mid_study_is_one_line_and_its_trial_is_left_for_a_rerun(
+    repository: Path, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    with EmbeddedServer(repository) as doomed:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "5", "--url", doomed.url,
+             "--storage", storage, "--space", str(small_space(tmp_path)), *QUICK],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started = ""
+        while process.stderr and not started.startswith("Tuning mlp") and (line := process.stderr.readline()):
+            started = line
+        time.sleep(1.0)
+        doomed.stop()
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, started + stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"autotune: error: lost the Triton server at {doomed.url}")
+    assert "Traceback" not in stderr
+    (lost,) = [t for t in load(storage, "mlp-p95-50ms").trials if t.state == TrialState.FAIL]
+    assert "fail_reason" not in lost.user_attrs, "it does not count toward --trials: a rerun measures it again"
+
+
 def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune(
     repository: Path, tmp_path: Path
 ) -> None:
