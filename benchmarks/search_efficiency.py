@@ -358,13 +358,13 @@ def replay(grid: Grid, strategy: Strategy, budget: int, seed: int, noise: float)
 
 def replay_table(grid: Grid, strategies: tuple[Strategy, ...], budgets: tuple[int, ...], seeds: int,
                  noise: float) -> Iterator[str]:
-    yield (f"{'strategy':<36} {'trials':>6} {'reached (median, worst)':>24} {'wall (median)':>14} "
+    yield (f"{'strategy':<50} {'trials':>6} {'reached (median, worst)':>24} {'wall (median)':>14} "
              f"{'infeasible':>10} {'reload+warm-up':>15}")
     for strategy in strategies:
         for budget in budgets:
             runs = [replay(grid, strategy, budget, seed, noise) for seed in range(seeds)]
             reached = [r.reached for r in runs]
-            yield (f"{strategy.name:<36} {budget:>6} {statistics.median(reached):>15.1%} ({min(reached):>6.1%}) "
+            yield (f"{strategy.name:<50} {budget:>6} {statistics.median(reached):>15.1%} ({min(reached):>6.1%}) "
                 f"{_minutes(statistics.median(r.wall_s for r in runs)):>14} "
                 f"{statistics.median(r.infeasible for r in runs):>10g} "
                 f"{statistics.median(r.overhead for r in runs):>15.0%}")
