@@ -58,8 +58,10 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 def check_sampler(name: SamplerName) -> None:
     """Fail before any server starts when the sampler's optional dependency is missing."""
+    if name != "gp":
+        return
     missing = [module for module in ("torch", "scipy") if importlib.util.find_spec(module) is None]
-    if name == "gp" and missing:
+    if missing:
         raise AutotuneError(f"--sampler gp needs {' and '.join(missing)}: pip install 'autotune[gp]'")
 
 
