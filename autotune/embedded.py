@@ -6,6 +6,7 @@ its log in a file so that load errors can be quoted back to the user.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import importlib.util
@@ -77,6 +78,11 @@ class EmbeddedServer:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, which is also its process group's (its backend stubs are in it)."""
+        return self._process.pid if self._process is not None else None
 
     def __enter__(self) -> EmbeddedServer:
         self.start()
@@ -152,12 +158,19 @@ class EmbeddedServer:
         return _ERROR_LINE.match(errors[-1]).group(1).strip('"') if errors else ""
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGINT)
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        """Stop the server, then whatever is left of its process group.
+
+        A server that crashed leaves its Python-backend stubs running; they are in its session, so they go too.
+        """
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.send_signal(signal.SIGINT)
+                try:
+                    self._process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
         self._process = None
         shutil.rmtree(self._workspace / "tritonserver", ignore_errors=True)
