@@ -8,7 +8,7 @@ window in which it completes.
 
 The per-request cost is kept small: each request is serialised once before the load starts and sent as raw
 bytes on a gRPC channel without retries, so no protobuf is built or parsed per request, and the event loop is
-uvloop's where it exists (6 to 14 % more requests per second than asyncio's own in ``benchmarks/``). Where one
+uvloop's where it exists (5 to 14 % more requests per second than asyncio's own, see ``benchmarks/``). Where one
 Python process cannot keep up with the server, ``processes`` spreads the requests in flight over several.
 """
 
