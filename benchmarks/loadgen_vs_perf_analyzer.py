@@ -1,12 +1,13 @@
 """autotune's load loop held against perf_analyzer, both run back to back against one embedded Triton server.
 
-    python benchmarks/loadgen_vs_perf_analyzer.py [--perf-analyzer PATH] [--no-pin] [--part agreement|rate]
+    python benchmarks/loadgen_vs_perf_analyzer.py [--perf-analyzer PATH] [--no-pin] [--part agreement|rate|overhead]
 
 Part 1 measures the shipped models under three server configs at concurrency 1, 4 and 16 with perf_analyzer,
 then autotune, then perf_analyzer again: the two perf_analyzer runs show how much the machine's noise alone
 moves a figure. Part 2 measures the highest request rate each tool reaches against a near-free model at
-concurrency 16 and 64. Both tools use windows of the same length and the same stability rule (p95 and
-throughput within 10 % over three windows).
+concurrency 16 and 64. Part 3 measures each tool's time per request at concurrency 1 against models that only
+sleep (0 to 4 ms, no server CPU): the difference is the client's own round-trip cost. Both tools use windows of
+the same length and the same stability rule (p95 and throughput within 10 % over three windows).
 
 perf_analyzer ships only in the ``tritonclient==2.51.0`` wheel; without ``--perf-analyzer`` the script installs it
 into ``~/.cache/autotune/perf-analyzer`` together with the CUDA runtime library it links against (it needs
@@ -47,6 +48,7 @@ CONFIGS = {
 }
 CONCURRENCY = (1, 4, 16)
 RATE_CONCURRENCY = (16, 64)
+SLEEPS_MS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 SERVE = """
 import sys
@@ -74,13 +76,34 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse([pb_utils.Tensor(
             "OUTPUT", pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() + 1)]) for r in requests]
 """
+SLEEPY_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 8
+input [ {{ name: "INPUT", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+output [ {{ name: "OUTPUT", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+instance_group [ {{ count: 1, kind: KIND_CPU }} ]
+"""
+SLEEPY_MODEL = """
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep({seconds})
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUTPUT", pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy())]) for r in requests]
+"""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--perf-analyzer", type=Path, help="a perf_analyzer binary (default: install one)")
     parser.add_argument("--no-pin", action="store_true", help="let server and clients share every core")
-    parser.add_argument("--part", choices=("all", "agreement", "rate"), default="all", help="which part to run")
+    parser.add_argument("--part", choices=("all", "agreement", "rate", "overhead"), default="all",
+                        help="which part to run")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cores) >= 2
@@ -96,10 +119,13 @@ def main() -> int:
             tool = _PerfAnalyzer(perf_analyzer, environment, url, Path(tmp))
             rows = _agreement(url, tool) if args.part in ("all", "agreement") else []
             rates = _max_rate(url, tool) if args.part in ("all", "rate") else []
+            overheads = _overhead(url, tool) if args.part in ("all", "overhead") else []
     if rows:
         _print_agreement(rows)
     if rates:
         _print_rates(rates)
+    if overheads:
+        _print_overheads(overheads)
     return 0
 
 
@@ -235,11 +261,44 @@ def _print_rates(rates: list[tuple[int, str, float, float]]) -> None:
     print("\n" + "; ".join(f"worst ratio, {tool}: {ratio:.3f}" for tool, ratio in worst.items()))
 
 
+def _overhead(url: str, tool: _PerfAnalyzer) -> list[tuple[float, float, float, float]]:
+    """Per sleep: ms per request at concurrency 1 of perf_analyzer (mean of the runs before and after), autotune."""
+    overheads = []
+    for sleep_ms in SLEEPS_MS:
+        model = _sleepy_name(sleep_ms)
+        ModelServer(url, model).close()  # loads it
+        first = tool.measure(model, 1)[0]
+        ours = LoadGenerator(url, model, SETTINGS).measure(1).throughput
+        second = tool.measure(model, 1)[0]
+        overheads.append((sleep_ms, 1e3 / float(np.nanmean([first, second])), 1e3 / ours, _spread(first, second)))
+        print(overheads[-1], flush=True)
+    return overheads
+
+
+def _print_overheads(overheads: list[tuple[float, float, float, float]]) -> None:
+    print("\n## Part 3: time per request at concurrency 1 against a model that only sleeps\n")
+    print("| model sleeps ms | perf_analyzer ms per request | autotune ms per request | throughput ratio | "
+          "autotune's extra ms | PA vs PA |")
+    print("|---|---|---|---|---|---|")
+    for sleep_ms, pa_ms, ours_ms, spread in overheads:
+        print(f"| {sleep_ms:g} | {pa_ms:.3f} | {ours_ms:.3f} | {pa_ms / ours_ms:.3f} | {ours_ms - pa_ms:.3f} | "
+              f"{spread:.1%} |")
+
+
+def _sleepy_name(sleep_ms: float) -> str:
+    return f"sleep_{round(sleep_ms * 1000)}us"
+
+
 def _repository(path: Path) -> Path:
     shutil.copytree(ROOT / "model_repository", path)
     (path / "add_one" / "1").mkdir(parents=True)
     (path / "add_one" / "config.pbtxt").write_text(NEAR_FREE_CONFIG)
     (path / "add_one" / "1" / "model.py").write_text(NEAR_FREE_MODEL)
+    for sleep_ms in SLEEPS_MS:
+        name = _sleepy_name(sleep_ms)
+        (path / name / "1").mkdir(parents=True)
+        (path / name / "config.pbtxt").write_text(SLEEPY_CONFIG.format(name=name))
+        (path / name / "1" / "model.py").write_text(SLEEPY_MODEL.format(seconds=sleep_ms / 1000))
     return path
 
 
