@@ -1,12 +1,15 @@
 """How close autotune's search comes to the true optimum in few trials, against random search.
 
-    python benchmarks/search_efficiency.py [--models mlp wide_mlp] [--max-p95 20ms] [--regrid] [--live]
+    python benchmarks/search_efficiency.py [--models mlp wide_mlp] [--max-p95 20ms] [--regrid] [--confirm-top N]
+                                          [--live]
 
 1. The grid. Every server config of the model's default space (``studies/<model>.yaml``) on a grid (batcher
    delay at four log-spaced values, every batch size, preferred "max" and "half", every instance count) is
    loaded once on the embedded server and measured at concurrency 1, 2, 4, ... 64, until p95 passes the limit
-   (higher concurrency only adds latency). The table is cached as ``benchmarks/grid/<model>.csv`` with the date
-   it was measured; ``--regrid`` measures it again. Its best feasible point is the true optimum.
+   (higher concurrency only adds latency). The 10 best configs are then measured twice more and each point keeps
+   its median reading, so that the optimum is not one lucky draw. The table is cached as
+   ``benchmarks/grid/<model>.csv`` with the date it was measured; ``--regrid`` measures it again. Its best
+   feasible point is the true optimum.
 2. The replay. autotune's own ``Tuner`` runs against the measured table instead of a live server: a sampled
    setting is snapped to the nearest grid value, and its measurement is the table's with multiplicative noise
    (``--noise``, the spread seen between repeated measurements here). So the search code under test is
@@ -42,6 +45,7 @@ import optuna
 from optuna.trial import FixedTrial
 
 from autotune.embedded import EmbeddedServer
+from autotune.errors import AutotuneError
 from autotune.loadgen import LoadGenerator, LoadSettings, Measurement
 from autotune.model_config import ModelConfig, ServerParams, apply, params_of, read_pbtxt
 from autotune.server import ModelServer
@@ -52,6 +56,7 @@ from autotune.study import (
     SamplerName,
     Tuner,
     best_trial,
+    check_sampler,
     fill_level,
     is_feasible,
     make_sampler,
@@ -66,7 +71,7 @@ GRID_DELAYS = (50, 250, 1400, 8000)
 GRID_SETTINGS = LoadSettings(warmup_s=0.5, window_s=0.5, max_windows=6)
 FIELDS = ("dynamic_batching", "max_batch_size", "max_queue_delay_microseconds", "preferred_batch_size",
           "instance_count", "concurrency", "throughput", "p50_ms", "p95_ms", "errors", "windows", "reload_s",
-          "measured")
+          "measured", "round")
 
 Key = tuple[bool, int, int, tuple[int, ...], int]
 
@@ -90,48 +95,77 @@ def key_of(params: ServerParams) -> Key:
             tuple(params.preferred_batch_size), params.instance_count)
 
 
-def measure_grid(model: str, limit_ms: float, path: Path, regrid: bool) -> None:
-    """Measure each config of the model's grid that ``path`` does not yet hold complete, on a fresh embedded server.
+def measure_grid(model: str, limit_ms: float, path: Path, regrid: bool, top: int, rounds: int) -> None:
+    """Measure what ``path`` lacks of the model's grid, on a fresh embedded server, then confirm its top configs.
 
-    A config is complete once measured up to the last concurrency, or up to a point past its batcher's fill level
-    (below it the batcher waits out its delay) whose p95 breaks the limit; the rest are copies of that point. The
-    CSV is rewritten after every config, so an interrupted grid resumes where it stopped.
+    Round 0 measures every config once. A config's ladder is complete once measured up to the last concurrency, or
+    up to a point past its batcher's fill level (below it the batcher waits out its delay) whose p95 breaks the
+    limit; the rest are copies of that point. Then the ``top`` configs with the best feasible throughput are
+    measured again until each has ``rounds`` ladders, and each point's figure is the median ladder's
+    (``Grid.read``): a single draw of the best cell is biased upwards (the grid's own winner's curse), and a
+    search would be scored against a lucky reading. The CSV is rewritten after every ladder, so an interrupted
+    grid resumes where it stopped.
     """
     space = SearchSpace.from_yaml(ROOT / "studies" / f"{model}.yaml")
-    levels = space.concurrency_levels()
     kept = {} if regrid or not path.exists() else _complete_rows(path, limit_ms)
-    configs = grid_params(space, read_pbtxt(ROOT / "model_repository" / model / "config.pbtxt"))
-    rows = {key_of(params): kept[key_of(params)] for params in configs if key_of(params) in kept}
-    missing = [params for params in configs if key_of(params) not in kept]
-    if not missing:
+    configs = {key_of(params): params for params in
+               grid_params(space, read_pbtxt(ROOT / "model_repository" / model / "config.pbtxt"))}
+    rows = {key: kept[key] for key in configs if key in kept}
+    missing = [params for key, params in configs.items() if key not in kept]
+    if not missing and not _unconfirmed(rows, limit_ms, top, rounds):
         return
     with EmbeddedServer(ROOT / "model_repository") as embedded:
         server = ModelServer(embedded.url, model, explain=embedded.log_tail)
         loadgen = LoadGenerator(embedded.url, model, GRID_SETTINGS)
         started = time.monotonic()
-        for index, params in enumerate(missing):
-            began = time.monotonic()
-            server.apply(apply(server.original, params))
-            reload_s = time.monotonic() - began
-            measured_rows: list[dict[str, object]] = []
-            stopped: Measurement | None = None
-            for concurrency in levels:
-                if stopped is None:
-                    measured = loadgen.measure(concurrency)
-                    measured_rows.append(_row(params, concurrency, measured, reload_s, measured=True))
-                    over = measured.p95_ms > limit_ms and concurrency >= fill_level(params)
-                    stopped = measured if over or measured.errors else None
-                else:
-                    measured_rows.append(_row(params, concurrency, stopped, reload_s, measured=False))
-            rows[key_of(params)] = measured_rows
+
+        def measure(params: ServerParams, round_: int, what: str) -> None:
+            rows.setdefault(key_of(params), []).extend(
+                _ladder(server, loadgen, params, space.concurrency_levels(), limit_ms, round_))
             _write_grid(path, model, limit_ms, [row for config in rows.values() for row in config])
-            print(f"  {model} {index + 1}/{len(missing)} {key_of(params)} ({time.monotonic() - started:.0f} s)",
-                  flush=True)
+            print(f"  {model} {what} {key_of(params)} ({time.monotonic() - started:.0f} s)", flush=True)
+
+        for index, params in enumerate(missing):
+            measure(params, 0, f"{index + 1}/{len(missing)}")
+        while unconfirmed := _unconfirmed(rows, limit_ms, top, rounds):
+            key = unconfirmed[0]
+            measure(configs[key], _rounds(rows[key]), f"top {top}, round {_rounds(rows[key]) + 1}/{rounds}")
         server.restore()
         server.close()
 
 
+def _ladder(server: ModelServer, loadgen: LoadGenerator, params: ServerParams, levels: list[int], limit_ms: float,
+            round_: int) -> list[dict[str, object]]:
+    """One config loaded and measured up the concurrency levels until its p95 breaks the limit past its fill level."""
+    began = time.monotonic()
+    server.apply(apply(server.original, params))
+    reload_s = time.monotonic() - began
+    rows: list[dict[str, object]] = []
+    stopped: Measurement | None = None
+    for concurrency in levels:
+        if stopped is None:
+            measured = loadgen.measure(concurrency)
+            rows.append(_row(params, concurrency, measured, reload_s, measured=True, round_=round_))
+            over = measured.p95_ms > limit_ms and concurrency >= fill_level(params)
+            stopped = measured if over or measured.errors else None
+        else:
+            rows.append(_row(params, concurrency, stopped, reload_s, measured=False, round_=round_))
+    return rows
+
+
+def _rounds(rows: list[dict[str, object]]) -> int:
+    return len({int(row.get("round") or 0) for row in rows})
+
+
+def _unconfirmed(rows: dict[Key, list[dict[str, object]]], limit_ms: float, top: int, rounds: int) -> list[Key]:
+    """The configs among the ``top`` best (on their median figures so far) that have fewer than ``rounds`` ladders."""
+    best = Grid.from_rows("", limit_ms, "", [row for config in rows.values() for row in config]).best_per_config()
+    ranked = sorted(best, key=best.__getitem__, reverse=True)[:top]
+    return [key for key in ranked if _rounds(rows[key]) < rounds]
+
+
 def _complete_rows(path: Path, limit_ms: float) -> dict[Key, list[dict[str, object]]]:
+    """The configs of the CSV whose round-0 ladder is complete, with all their rows."""
     with path.open() as handle:
         handle.readline()
         rows = list(csv.DictReader(handle))
@@ -140,17 +174,18 @@ def _complete_rows(path: Path, limit_ms: float) -> dict[Key, list[dict[str, obje
         by_key.setdefault(_key_of_row(row), []).append(row)
     complete = {}
     for key, config in by_key.items():
-        measured = [row for row in config if row["measured"] == "1"]
+        first = [row for row in config if not int(row.get("round") or 0)]
+        measured = [row for row in first if row["measured"] == "1"]
         last = measured[-1]
         fill = max(key[3]) if key[0] else 1
-        if len(measured) == len(config) or (int(last["concurrency"]) >= fill and
-                                            (float(last["p95_ms"]) > limit_ms or last["errors"] != "0")):
+        if len(measured) == len(first) or (int(last["concurrency"]) >= fill and
+                                           (float(last["p95_ms"]) > limit_ms or last["errors"] != "0")):
             complete[key] = config
     return complete
 
 
-def _key_of_row(row: dict[str, str]) -> Key:
-    return (row["dynamic_batching"] == "1", int(row["max_batch_size"]), int(row["max_queue_delay_microseconds"]),
+def _key_of_row(row: dict[str, object]) -> Key:
+    return (int(row["dynamic_batching"]) == 1, int(row["max_batch_size"]), int(row["max_queue_delay_microseconds"]),
             tuple(int(v) for v in row["preferred_batch_size"].split(",") if v), int(row["instance_count"]))
 
 
@@ -164,15 +199,15 @@ def _write_grid(path: Path, model: str, limit_ms: float, rows: list[dict[str, ob
         writer.writerows(rows)
 
 
-def _row(params: ServerParams, concurrency: int, point: Measurement, reload_s: float,
-         measured: bool) -> dict[str, object]:
+def _row(params: ServerParams, concurrency: int, point: Measurement, reload_s: float, measured: bool,
+         round_: int) -> dict[str, object]:
     return {"dynamic_batching": int(params.dynamic_batching), "max_batch_size": params.max_batch_size,
             "max_queue_delay_microseconds": params.max_queue_delay_microseconds,
             "preferred_batch_size": ",".join(map(str, params.preferred_batch_size)),
             "instance_count": params.instance_count, "concurrency": concurrency,
             "throughput": round(point.throughput, 2), "p50_ms": round(point.p50_ms, 3),
             "p95_ms": round(point.p95_ms, 3), "errors": point.errors, "windows": point.windows,
-            "reload_s": round(reload_s, 3), "measured": int(measured)}
+            "reload_s": round(reload_s, 3), "measured": int(measured), "round": round_}
 
 
 def _machine() -> str:
@@ -203,19 +238,33 @@ class Grid:
     def read(cls, model: str, limit_ms: float, path: Path) -> Grid:
         with path.open() as handle:
             header = handle.readline().lstrip("# ").strip()
-            rows = list(csv.DictReader(handle))
-        points = {}
+            return cls.from_rows(model, limit_ms, header, list(csv.DictReader(handle)))
+
+    @classmethod
+    def from_rows(cls, model: str, limit_ms: float, header: str, rows: list[dict[str, object]]) -> Grid:
+        """Each point is its median reading by throughput (the lower one of an even count) over its rounds."""
+        readings: dict[tuple[Key, int], list[dict[str, object]]] = {}
         for row in rows:
-            points[_key_of_row(row), int(row["concurrency"])] = Point(
-                float(row["throughput"]), float(row["p50_ms"]), float(row["p95_ms"]), int(row["errors"]),
-                int(row["windows"]), float(row["reload_s"]))
-        return cls(model, limit_ms, header, points, sum(row["measured"] == "1" for row in rows))
+            readings.setdefault((_key_of_row(row), int(row["concurrency"])), []).append(row)
+        points = {}
+        for where, ladder in readings.items():
+            row = sorted(ladder, key=lambda r: float(r["throughput"]))[(len(ladder) - 1) // 2]
+            points[where] = Point(float(row["throughput"]), float(row["p50_ms"]), float(row["p95_ms"]),
+                                  int(row["errors"]), int(row["windows"]), float(ladder[0]["reload_s"]))
+        return cls(model, limit_ms, header, points, sum(int(row["measured"]) == 1 for row in rows))
 
     def feasible(self, point: Point) -> bool:
         return point.p95_ms <= self.limit_ms and not point.errors
 
     def optimum(self) -> tuple[tuple[Key, int], Point]:
         return max(((where, p) for where, p in self.points.items() if self.feasible(p)), key=lambda x: x[1].throughput)
+
+    def best_per_config(self) -> dict[Key, float]:
+        """Each config's best feasible throughput (0 where none is)."""
+        best: dict[Key, float] = {}
+        for (key, _), point in self.points.items():
+            best[key] = max(best.get(key, 0.0), point.throughput if self.feasible(point) else 0.0)
+        return best
 
     def snap(self, params: ServerParams, concurrency: int) -> tuple[Key, int]:
         """The grid point nearest a sampled setting: delay and concurrency to the nearest grid value on a log scale
@@ -418,14 +467,33 @@ def live(grid: Grid, budget: int, seed: int, extra: list[str]) -> list[str]:
             f"{overhead / spent:.0%} of the trials' time; {sum(not is_feasible(t) for t in trials)} infeasible"]
 
 
+def _runnable(strategies: tuple[Strategy, ...]) -> tuple[Strategy, ...]:
+    """The strategies whose sampler is installed; GP needs the ``gp`` extra, and its absence is said, not fatal."""
+    runnable = []
+    for strategy in strategies:
+        try:
+            check_sampler(strategy.sampler)
+        except AutotuneError as error:
+            print(f"skipping {strategy.name}: {error}", flush=True)
+        else:
+            runnable.append(strategy)
+    return tuple(runnable)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mlp", "wide_mlp"])
     parser.add_argument("--max-p95", default="20ms")
     parser.add_argument("--regrid", action="store_true", help="measure the grid again instead of reading its CSV")
+    parser.add_argument("--confirm-top", type=int, default=10, metavar="N",
+                        help="measure the N best configs of the grid again, to --rounds ladders each, and keep each "
+                             "point's median (a grid measured on another day mixes two machine states: --regrid)")
+    parser.add_argument("--rounds", type=int, default=3, help="ladders per confirmed config")
     parser.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 30])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--noise", type=float, default=0.05, help="log-normal sigma of a replayed measurement")
+    parser.add_argument("--samplers", nargs="+", choices=("tpe", "gp", "random"), default=["tpe", "gp", "random"],
+                        help="replay only the strategies with these samplers (GP studies take minutes, not seconds)")
     parser.add_argument("--ablations", action="store_true", help="also replay TPE without each of its aids")
     parser.add_argument("--live", nargs="*", metavar="OPTION",
                         help="also run autotune for real (budget 20), with these extra optimize options")
@@ -436,7 +504,7 @@ def main() -> int:
     for model in args.models:
         path = GRID_DIR / f"{model}.csv"
         print(f"The grid of {model} (p95 limit {limit_ms:g} ms): measuring what {path.name} lacks ...", flush=True)
-        measure_grid(model, limit_ms, path, args.regrid)
+        measure_grid(model, limit_ms, path, args.regrid, args.confirm_top, args.rounds)
         grid = Grid.read(model, limit_ms, path)
         (key, concurrency), best = grid.optimum()
         configs = len({k for k, _ in grid.points})
@@ -444,7 +512,8 @@ def main() -> int:
               f"{grid.measured} points measured (the rest lie past the limit). Optimum: {best.throughput:.0f} "
               f"infer/s at p95 {best.p95_ms:.1f} ms, {key} at concurrency {concurrency}. Replay noise "
               f"sigma {args.noise:g}, {args.seeds} seeds.\n")
-        strategies = STRATEGIES + (ABLATIONS if args.ablations else ())
+        strategies = _runnable(tuple(s for s in STRATEGIES + (ABLATIONS if args.ablations else ())
+                                     if s.sampler in args.samplers))
         for line in replay_table(grid, strategies, tuple(args.budgets), args.seeds, args.noise):
             print(line, flush=True)
         if args.live is not None:
