@@ -101,8 +101,8 @@ def measure_grid(model: str, limit_ms: float, path: Path, regrid: bool, top: int
     Round 0 measures every config once. A config's ladder is complete once measured up to the last concurrency, or
     up to a point past its batcher's fill level (below it the batcher waits out its delay) whose p95 breaks the
     limit; the rest are copies of that point. Then the ``top`` configs with the best feasible throughput are
-    measured again until each has ``rounds`` ladders, and each point's figure is the median ladder's
-    (``Grid.read``): a single draw of the best cell is biased upwards (the grid's own winner's curse), and a
+    measured again until each has ``rounds`` ladders, and each point's figure is its median reading over the rounds
+    (``Grid.from_rows``): a single draw of the best cell is biased upwards (the grid's own winner's curse), and a
     search would be scored against a lucky reading. The CSV is rewritten after every ladder, so an interrupted
     grid resumes where it stopped.
     """
@@ -191,9 +191,10 @@ def _key_of_row(row: dict[str, object]) -> Key:
 
 def _write_grid(path: Path, model: str, limit_ms: float, rows: list[dict[str, object]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    repeated = len({_key_of_row(row) for row in rows if int(row.get("round") or 0)})
     with path.open("w", newline="") as handle:
         handle.write(f"# {model}, p95 limit {limit_ms:g} ms, measured {datetime.date.today()} on "
-                     f"{_machine()}, windows of {GRID_SETTINGS.window_s:g} s\n")
+                     f"{_machine()}, windows of {GRID_SETTINGS.window_s:g} s, {repeated} configs measured again\n")
         writer = csv.DictWriter(handle, FIELDS)
         writer.writeheader()
         writer.writerows(rows)
