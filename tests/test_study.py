@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
+from optuna_dashboard import get_note
 
 from autotune.embedded import EmbeddedServer
 from autotune.errors import AutotuneError
@@ -163,6 +164,11 @@ def test_confirm_measures_the_top_trials_again_and_crowns_the_winner(tuner_for: 
     assert all(len(run["throughput"]) == len(run["p95_ms"]) == 2 for run in confirmed["trials"])
     assert confirmed["winner"] in [t.number for t in top3]
     assert best_trial(tuner.study).number == confirmed["winner"]
+    storage = tuner.storage
+    winner = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(tuner.study.study_name), confirmed["winner"])
+    note = get_note(optuna.Trial(tuner.study, winner))
+    assert note.startswith("Crowned by re-measurement") and 'name: "mlp"' in note, "the dashboard shows the winner"
 
 
 def test_the_crown_goes_to_runs_that_held_the_limit_then_to_the_highest_median() -> None:

@@ -54,7 +54,8 @@ def test_two_workers_share_the_budget_of_one_study(
     trials = load(shared_storage, study_name).trials
     finished = [t for t in trials if t.state.is_finished()]
     # Measured, whether to the end or pruned as hopeless after a window.
-    assert len(finished) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in finished)
+    outcomes = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in finished]
+    assert len(finished) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in finished), outcomes
     assert len({t.number for t in finished}) == 6
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert all({"throughput", "p95_ms", "config", "server_url"} <= set(t.user_attrs) for t in finished)
