@@ -404,8 +404,12 @@ class Tuner:
 
     def _hopeless(self, window: Measurement) -> bool:
         """A window with errors, or whose median request is over the limit (so its p95 is too, however noisy the
-        tail), condemns the config: measuring on would waste the budget."""
-        return window.errors > 0 or window.p50_ms > self.max_p95_ms
+        tail), condemns the config: measuring on would waste the budget.
+
+        A window without a single reply condemns nothing: a freshly loaded model's first replies can stall past the
+        warm-up (lazy initialisation, a busy machine), and a point whose windows all stay empty fails anyway.
+        """
+        return window.errors > 0 or (window.requests > 0 and window.p50_ms > self.max_p95_ms)
 
 
 def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, float], after: dict[str, float]) -> None:

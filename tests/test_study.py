@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 import pytest
@@ -138,6 +139,16 @@ def test_a_trial_far_over_the_limit_is_pruned_after_its_first_window(tuner_for: 
     assert "stopped after window 1: median latency" in trial.user_attrs["pruned_reason"]
     assert trial.intermediate_values == {1: pytest.approx(trial.user_attrs["throughput"])}
     assert not is_feasible(trial) and trial.constraints.values(), "the sampler learns it was infeasible"
+
+
+def test_a_window_without_replies_condemns_nothing_but_errors_do(tuner_for: Callable[..., Tuner]) -> None:
+    """A freshly loaded model can stall past the warm-up; a point whose windows all stay empty fails anyway."""
+    tuner = tuner_for("mlp")
+    empty = Measurement(concurrency=2, throughput=0.0, p50_ms=math.inf, p90_ms=math.inf, p95_ms=math.inf,
+                        p99_ms=math.inf, requests=0, errors=0, windows=1, stable=False)
+    assert not tuner._hopeless(empty)
+    assert tuner._hopeless(replace(empty, errors=1))
+    assert tuner._hopeless(replace(empty, requests=5, p50_ms=tuner.max_p95_ms + 1))
 
 
 def test_the_first_trials_are_the_baseline_and_the_guides_rule_of_thumb(tuner_for: Callable[..., Tuner]) -> None:
