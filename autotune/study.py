@@ -366,7 +366,7 @@ class Tuner:
             trial.set_user_attr("pruned_reason", f"stopped after window {measurement.windows}: {why}")
             raise optuna.TrialPruned(why)
         if all(c <= 0 for c in constraints) and measurement.throughput > _best_value(trial.study):
-            save_note(trial, _note(config, measurement))
+            save_note(trial, _new_best_note(config, measurement))
         return measurement.throughput
 
     def _warmup(self, reloaded: bool) -> float:
@@ -426,19 +426,22 @@ def _best_value(study: optuna.Study) -> float:
     return best.value if best is not None and best.value is not None else float("-inf")
 
 
-def _note(config: ModelConfig, measurement: Measurement) -> str:
-    """The Markdown note optuna-dashboard shows with each new best trial: what was measured, the config to deploy."""
-    return (f"New best feasible trial: {measurement.throughput:.1f} infer/sec at concurrency "
-            f"{measurement.concurrency}, p95 {measurement.p95_ms:.2f} ms.\n\n"
-            f"```\n{to_pbtxt(config)}```\n")
+def _note(headline: str, config: ModelConfig) -> str:
+    """The Markdown note optuna-dashboard shows with a trial: what was measured, then the config to deploy."""
+    return f"{headline}\n\n```\n{to_pbtxt(config)}```\n"
+
+
+def _new_best_note(config: ModelConfig, measurement: Measurement) -> str:
+    return _note(f"New best feasible trial: {measurement.throughput:.1f} infer/sec at concurrency "
+                 f"{measurement.concurrency}, p95 {measurement.p95_ms:.2f} ms.", config)
 
 
 def _crowned_note(config: ModelConfig, concurrency: int, runs: list[tuple[float, float, int]]) -> str:
-    """The winner's note: its re-measurements (throughput, p95 ms, errors) and the config to deploy."""
+    """The re-measurement's winner: its median figures over its runs (throughput, p95 ms, errors)."""
     throughput = float(np.median([r[0] for r in runs]))
     p95 = float(np.median([r[1] for r in runs]))
-    return (f"Crowned by re-measurement: median {throughput:.1f} infer/sec over {len(runs)} runs at concurrency "
-            f"{concurrency}, p95 {p95:.2f} ms.\n\n```\n{to_pbtxt(config)}```\n")
+    return _note(f"Crowned by re-measurement: median {throughput:.1f} infer/sec over {len(runs)} runs at "
+                 f"concurrency {concurrency}, p95 {p95:.2f} ms.", config)
 
 
 def _set_constraints(trial: optuna.Trial, values: list[float]) -> None:

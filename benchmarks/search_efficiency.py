@@ -154,7 +154,12 @@ def _ladder(server: ModelServer, loadgen: LoadGenerator, params: ServerParams, l
 
 
 def _rounds(rows: list[dict[str, object]]) -> int:
-    return len({int(row.get("round") or 0) for row in rows})
+    return len({_round_of(row) for row in rows})
+
+
+def _round_of(row: dict[str, object]) -> int:
+    """A row's round; grids measured before rounds existed have no such column and are round 0."""
+    return int(row.get("round") or 0)
 
 
 def _unconfirmed(rows: dict[Key, list[dict[str, object]]], limit_ms: float, top: int, rounds: int) -> list[Key]:
@@ -174,7 +179,7 @@ def _complete_rows(path: Path, limit_ms: float) -> dict[Key, list[dict[str, obje
         by_key.setdefault(_key_of_row(row), []).append(row)
     complete = {}
     for key, config in by_key.items():
-        first = [row for row in config if not int(row.get("round") or 0)]
+        first = [row for row in config if not _round_of(row)]
         measured = [row for row in first if row["measured"] == "1"]
         last = measured[-1]
         fill = max(key[3]) if key[0] else 1
@@ -191,7 +196,7 @@ def _key_of_row(row: dict[str, object]) -> Key:
 
 def _write_grid(path: Path, model: str, limit_ms: float, rows: list[dict[str, object]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    repeated = len({_key_of_row(row) for row in rows if int(row.get("round") or 0)})
+    repeated = len({_key_of_row(row) for row in rows if _round_of(row)})
     with path.open("w", newline="") as handle:
         handle.write(f"# {model}, p95 limit {limit_ms:g} ms, measured {datetime.date.today()} on "
                      f"{_machine()}, windows of {GRID_SETTINGS.window_s:g} s, {repeated} configs measured again\n")

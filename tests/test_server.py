@@ -1,6 +1,5 @@
 """ModelServer against a real embedded Triton server."""
 
-
 import pytest
 
 from autotune.embedded import EmbeddedServer
