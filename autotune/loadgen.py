@@ -1,10 +1,12 @@
 """The asyncio gRPC load loop: keeps N requests in flight and measures throughput and latency percentiles.
 
 It works like perf_analyzer's concurrency mode: a warm-up, then fixed-length measurement windows until the
-last three agree (throughput and p95 within 10 % of their mean) or a window cap is reached; requests still in
-flight then are cancelled, so one point never takes longer than its warm-up plus its windows. Latencies are
-kept exactly and percentiles taken over every request of the windows that count. A request belongs to the
-window in which it completes.
+last three agree (throughput and p95 within 10 % of their mean) or a window cap is reached. Then no request
+is sent any more and those in flight may finish for up to one window; only what is left after that is
+cancelled, so one point never takes longer than its warm-up plus one window more than it measured. Cancelling
+is the exception on purpose: Triton's gRPC frontend (2.51, the embedded one) can abort when a request is
+cancelled as it completes. Latencies are kept exactly and percentiles taken over every request of the windows
+that count. A request belongs to the window in which it completes.
 
 The per-request cost is kept small: each request is serialised once before the load starts and sent as raw
 bytes on a gRPC channel without retries, so no protobuf is built or parsed per request, and the event loop is
@@ -105,12 +107,13 @@ class _Load:
         self._latencies: list[float] = []
         self._error_ends: list[float] = []
         self.first_error = ""
+        self._stopping = False
         self._tasks = [asyncio.create_task(self._send(i)) for i in range(concurrency)]
 
     async def _send(self, offset: int) -> None:
         requests, infer, timeout = self._requests, self._infer, self._timeout_s
         step = offset
-        while True:
+        while not self._stopping:
             start = time.perf_counter()
             try:
                 await infer(requests[step % len(requests)], timeout=timeout)
@@ -133,8 +136,11 @@ class _Load:
         del self._error_ends[:failed]
         return latencies, failed, self.first_error
 
-    async def close(self) -> None:
-        for task in self._tasks:
+    async def close(self, grace_s: float) -> None:
+        """Send nothing more, let the requests in flight finish for up to ``grace_s``, cancel the rest."""
+        self._stopping = True
+        _, unfinished = await asyncio.wait(self._tasks, timeout=grace_s)
+        for task in unfinished:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._channel.close()
@@ -212,14 +218,14 @@ class LoadGenerator:
         try:
             return await self._windows(concurrency, lambda until: [load.collect(until)], stop_early, warmup_s)
         finally:
-            await load.close()
+            await load.close(self.settings.window_s)
 
     def _measure_in_processes(self, requests: list[bytes], shares: list[int],
                               stop_early: Callable[[Measurement], bool] | None, warmup_s: float) -> Measurement:
         context = multiprocessing.get_context("spawn")
         pipes = [context.Pipe() for _ in shares]
-        workers = [context.Process(target=_worker, args=(child, self.url, requests, share,
-                                                         self.settings.request_timeout_s), daemon=True)
+        workers = [context.Process(target=_worker, args=(child, self.url, requests, share, self.settings),
+                                   daemon=True)
                    for (_, child), share in zip(pipes, shares, strict=True)]
         for worker in workers:
             worker.start()
@@ -241,7 +247,7 @@ class LoadGenerator:
                 with contextlib.suppress(OSError):
                     parent.send(None)
             for worker in workers:
-                worker.join(timeout=5)
+                worker.join(timeout=self.settings.window_s + 5)
                 if worker.is_alive():
                     worker.kill()
 
@@ -296,18 +302,18 @@ class LoadGenerator:
         )
 
 
-def _worker(pipe: Connection, url: str, requests: list[bytes], concurrency: int, timeout_s: float) -> None:
+def _worker(pipe: Connection, url: str, requests: list[bytes], concurrency: int, settings: LoadSettings) -> None:
     """A client process: runs its share of the load and answers the controller's window boundaries."""
 
     async def serve() -> None:
-        load = _Load(url, requests, concurrency, timeout_s)
+        load = _Load(url, requests, concurrency, settings.request_timeout_s)
         loop = asyncio.get_running_loop()
         pipe.send("ready")
         try:
             while (until := await loop.run_in_executor(None, pipe.recv)) is not None:
                 pipe.send(load.collect(until))
         finally:
-            await load.close()
+            await load.close(settings.window_s)
 
     with contextlib.suppress(EOFError, KeyboardInterrupt), asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(serve())

@@ -1,4 +1,4 @@
-"""Fixtures: a real embedded Triton server over the shipped models plus two made here for failure paths."""
+"""Fixtures: a real embedded Triton server over the shipped models plus small ones made here for odd behaviours."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse(error=pb_utils.TritonError("broken on purpose")) for _ in requests]
 '''
 
-# Answers each request only after longer than any quick measurement lasts.
-SLEEPY_MODEL = '''
+# Answers each batch of requests only after SECONDS.
+SLEEPING_MODEL = '''
 import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -50,10 +50,14 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def execute(self, requests):
-        time.sleep(5)
+        time.sleep(SECONDS)
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", np.zeros((1, 1), np.float32))])
                 for _ in requests]
 '''
+# Longer than any quick measurement lasts.
+SLEEPY_MODEL = SLEEPING_MODEL.replace("SECONDS", "5")
+# Slow enough that a request is in flight whenever a point ends, quick enough to finish within a window.
+SLOW_MODEL = SLEEPING_MODEL.replace("SECONDS", "0.05")
 
 # Takes inputs of any length: the load generator needs --shape or --input-data to size them.
 DYNAMIC_MODEL = '''
@@ -82,7 +86,7 @@ def make_repository(path: Path) -> Path:
     """The shipped model repository plus the test-only models made here."""
     shutil.copytree(ROOT / "model_repository", path)
     for name, code, dims in (("picky", PICKY_MODEL, 4), ("broken", BROKEN_MODEL, 4), ("sleepy", SLEEPY_MODEL, 4),
-                             ("dynamic", DYNAMIC_MODEL, -1)):
+                             ("slow", SLOW_MODEL, 4), ("dynamic", DYNAMIC_MODEL, -1)):
         (path / name / "1").mkdir(parents=True)
         (path / name / "config.pbtxt").write_text(SMALL_CONFIG.format(name=name, dims=dims))
         (path / name / "1" / "model.py").write_text(code)

@@ -66,7 +66,20 @@ def test_stop_early_sees_each_window_and_cuts_the_point_short(triton: EmbeddedSe
     assert seen[0].requests == measurement.requests > 0
 
 
-def test_a_point_ends_on_time_without_waiting_for_requests_in_flight(triton: EmbeddedServer) -> None:
+def test_a_point_lets_its_requests_in_flight_finish_instead_of_cancelling_them(triton: EmbeddedServer) -> None:
+    server = ModelServer(triton.url, "slow")
+    try:
+        LoadGenerator(triton.url, "slow", QUICK).measure(concurrency=2)
+        answered = server.statistics()["success_count"]
+        time.sleep(0.5)
+        # A cancelled request would still run on the server and be counted after the point ended.
+        assert server.statistics()["success_count"] == answered
+    finally:
+        server.restore()
+        server.close()
+
+
+def test_a_point_ends_on_time_cancelling_what_is_still_in_flight_a_window_later(triton: EmbeddedServer) -> None:
     server = ModelServer(triton.url, "sleepy")
     started = time.monotonic()
     try:
@@ -75,7 +88,7 @@ def test_a_point_ends_on_time_without_waiting_for_requests_in_flight(triton: Emb
         elapsed = time.monotonic() - started
         server.restore()
         server.close()
-    # Each request takes 5 s; the point's warm-up and windows last about 1.4 s.
+    # Each request takes 5 s; the point's warm-up, windows and one window's grace last about 1.7 s.
     assert elapsed < 4
     assert measurement.requests == 0
     assert measurement.errors == 0
