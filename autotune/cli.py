@@ -84,7 +84,7 @@ def _lost_server(url: str, embedded: EmbeddedServer | None) -> Iterator[None]:
     try:
         yield
     except InferenceServerException as error:
-        log = f" (server log: {embedded.log_tail()})" if embedded is not None else ""
+        log = f" (server log {embedded.log_path}: {embedded.log_tail()})" if embedded is not None else ""
         raise AutotuneError(f"lost the Triton server at {url}: {error.message()}{log}") from None
 
 

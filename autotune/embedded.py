@@ -1,7 +1,8 @@
 """Start the ``tritonserver`` binary that the ``nvidia-pytriton`` wheel ships, as a child of autotune.
 
 The server listens on loopback only, on free ports, dies with its parent (``PR_SET_PDEATHSIG``), and keeps
-its log in a file so that load errors can be quoted back to the user.
+its log in a file so that load errors can be quoted back to the user. Stopping it leaves nothing behind but the
+log of a server that crashed, for the user to read.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class EmbeddedServer:
         self.grpc_port = _free_port()
         self._workspace = Path(tempfile.mkdtemp(prefix="autotune-triton-"))
         self.log_path = self._workspace / "tritonserver.log"
+        # The Python backend's shared-memory regions are named after this, so a crash's leftovers can be found.
+        self._shm_prefix = f"{self._workspace.name}-"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -111,6 +114,7 @@ class EmbeddedServer:
             "--exit-on-error=false",
             # A model whose instance failed to initialise can hold shutdown for the default 30 s.
             "--exit-timeout-secs=5",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
         ]
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
@@ -158,12 +162,14 @@ class EmbeddedServer:
         return _ERROR_LINE.match(errors[-1]).group(1).strip('"') if errors else ""
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server, then whatever is left of its process group.
+        """Stop the server, then whatever is left of its process group, its shared memory and its workspace.
 
-        A server that crashed leaves its Python-backend stubs running; they are in its session, so they go too.
+        A server that crashed leaves its Python-backend stubs running and their shared memory behind; they go
+        too. Its log stays, as the only account of the crash.
         """
+        crashed = self._process is not None and self._process.poll() is not None
         if self._process is not None:
-            if self._process.poll() is None:
+            if not crashed:
                 self._process.send_signal(signal.SIGINT)
                 try:
                     self._process.wait(timeout)
@@ -173,4 +179,6 @@ class EmbeddedServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
         self._process = None
-        shutil.rmtree(self._workspace / "tritonserver", ignore_errors=True)
+        for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
+            region.unlink(missing_ok=True)
+        shutil.rmtree(self._workspace / "tritonserver" if crashed else self._workspace, ignore_errors=True)

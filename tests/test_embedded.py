@@ -9,7 +9,16 @@ from autotune.embedded import EmbeddedServer
 from autotune.server import ModelServer
 
 
-def test_a_crashed_embedded_server_leaves_no_backend_stub_behind(repository: Path) -> None:
+def test_a_stopped_embedded_server_leaves_nothing_behind(repository: Path) -> None:
+    with EmbeddedServer(repository) as server:
+        ModelServer(server.url, "mlp").close()
+        workspace = server.log_path.parent
+        assert _regions(workspace), "a loaded Python-backend model holds shared memory named after the workspace"
+    assert not workspace.exists()
+    assert not _regions(workspace)
+
+
+def test_a_crashed_embedded_server_leaves_only_its_log_behind(repository: Path) -> None:
     with EmbeddedServer(repository) as server:
         ModelServer(server.url, "mlp").close()
         group = server.pid
@@ -17,10 +26,18 @@ def test_a_crashed_embedded_server_leaves_no_backend_stub_behind(repository: Pat
         os.kill(group, signal.SIGKILL)
         time.sleep(0.5)
         assert _running_in_group(group), "the Python-backend stub should outlive its killed server"
+        assert _regions(server.log_path.parent), "and so should its shared memory"
     deadline = time.monotonic() + 5
     while _running_in_group(group) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _running_in_group(group)
+    assert not _regions(server.log_path.parent)
+    assert "Started GRPCInferenceService" in server.log_path.read_text()
+
+
+def _regions(workspace: Path) -> list[Path]:
+    """The Python backend's shared-memory regions of the server with this workspace."""
+    return list(Path("/dev/shm").glob(f"{workspace.name}-*"))
 
 
 def _running_in_group(group: int) -> list[int]:
