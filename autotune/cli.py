@@ -12,8 +12,8 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +23,7 @@ from optuna_dashboard import run_server, save_note
 from rich.console import Console
 from tritonclient.utils import InferenceServerException
 
-from autotune.embedded import EmbeddedServer
+from autotune.embedded import EmbeddedServer, EmbeddedServerCrashed
 from autotune.errors import AutotuneError
 from autotune.inputs import InputSpec, parse_shape
 from autotune.loadgen import LoadGenerator, LoadSettings, Measurement
@@ -47,6 +47,8 @@ from autotune.study import (
 from autotune.units import format_ms, parse_duration
 
 DEMO_MODEL = "mlp"
+# Fresh embedded servers one optimize run may start after crashes, before it gives up with the crash's error.
+MAX_RESTARTS = 3
 
 app = typer.Typer(
     help="Bayesian auto-tuner for NVIDIA Triton Inference Server model configurations.",
@@ -84,6 +86,9 @@ def _lost_server(url: str, embedded: EmbeddedServer | None) -> Iterator[None]:
     try:
         yield
     except InferenceServerException as error:
+        crash = embedded.crash_error() if embedded is not None else None
+        if crash is not None:
+            raise crash from None
         log = f" (server log {embedded.log_path}: {embedded.log_tail()})" if embedded is not None else ""
         raise AutotuneError(f"lost the Triton server at {url}: {error.message()}{log}") from None
 
@@ -197,16 +202,21 @@ def optimize(
         search_space = SearchSpace.from_yaml(space) if space is not None else None
         check_sampler(sampler)
         budget = Budget(trials, parse_duration(timeout, "--timeout") if timeout else None, patience)
-        with _server(url, model_repository) as (server_url, embedded):
-            name = _choose_model(server_url, model or (search_space.model if search_space else None))
-            search_space = search_space or _default_space(name)
-            study_name = study_name or f"{name}-p95-{format_ms(limit_ms)}"
-            server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
-            loadgen = LoadGenerator(server_url, name, settings, inputs)
-            loadgen.requests()  # inputs that cannot be made fail here, before the study starts
-            study = _tune(server, loadgen, search_space, study_name=study_name, storage=storage, seed=seed,
-                          limit_ms=limit_ms, budget=budget, quiet=json_output, confirm_rounds=confirm_rounds,
-                          search=(sampler, concurrency_search), hardware={"cpu": _cpu()} if embedded else {})
+        started = time.monotonic()
+
+        def run() -> optuna.Study:
+            with _server(url, model_repository) as (server_url, embedded):
+                name = _choose_model(server_url, model or (search_space.model if search_space else None))
+                server = ModelServer(server_url, name, explain=embedded.last_error if embedded else None)
+                loadgen = LoadGenerator(server_url, name, settings, inputs)
+                loadgen.requests()  # inputs that cannot be made fail here, before the study starts
+                return _tune(server, loadgen, search_space or _default_space(name),
+                             study_name=study_name or f"{name}-p95-{format_ms(limit_ms)}", storage=storage,
+                             seed=seed, limit_ms=limit_ms, budget=budget.since(started), quiet=json_output,
+                             confirm_rounds=confirm_rounds, search=(sampler, concurrency_search),
+                             hardware={"cpu": _cpu()} if embedded else {})
+
+        study = _restarting_crashed_servers(run)
         written = _export_best(study, output or Path("studies") / study.study_name / "config.pbtxt")
         if json_output:
             typer.echo(json.dumps(study_json(study, mask_password(storage), written), indent=2))
@@ -263,6 +273,26 @@ def measure(
             typer.echo(json.dumps({"model": name, "url": server_url if embedded is None else "embedded",
                                    "config": to_pbtxt(config),
                                    "points": [{**m.as_dict(), **times} for m, times in points]}, indent=2))
+
+
+def _restarting_crashed_servers(run: Callable[[], optuna.Study]) -> optuna.Study:
+    """``run`` the study again on a fresh embedded server each time the embedded one crashes, a few times at most.
+
+    Triton's Python backend (2.51, the embedded one) can crash at random under load; the trial it took down is
+    recorded as failed and does not count, so the study resumes where it was. A server of the user's own is not
+    restarted: that is for its owner to do.
+    """
+    crashes = 0
+    while True:
+        try:
+            return run()
+        except EmbeddedServerCrashed as crash:
+            crashes += 1
+            if crashes > MAX_RESTARTS:
+                raise AutotuneError(f"{crash}; that was its crash number {crashes} in this run, so autotune gives "
+                                    "up: rerun to resume the study") from None
+            typer.echo(f"autotune: warning: {crash}; starting a new one and resuming the study "
+                       f"(restart {crashes} of at most {MAX_RESTARTS})", err=True)
 
 
 def _concurrency_levels(text: str) -> list[int]:
@@ -335,6 +365,12 @@ class Budget:
     trials: int
     timeout_s: float | None = None
     patience: int | None = None
+
+    def since(self, started: float) -> Budget:
+        """What is left of this budget when it began at ``started`` (``time.monotonic()``)."""
+        if self.timeout_s is None:
+            return self
+        return replace(self, timeout_s=max(0.0, self.timeout_s - (time.monotonic() - started)))
 
 
 def _default_space(model: str) -> SearchSpace:

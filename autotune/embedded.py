@@ -25,6 +25,9 @@ from pathlib import Path
 from autotune.errors import AutotuneError
 
 _PR_SET_PDEATHSIG = 1
+# How long a server whose connections dropped may take to be seen as exited, before it counts as alive.
+_EXIT_GRACE_S = 5.0
+_FRAME = re.compile(r"^\s*\d+# ")
 _ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+ +\d+ [^\]]+\] (.*)$")
 
 
@@ -63,6 +66,10 @@ def _prepare_workspace(dist: Path, workspace: Path) -> Path:
         raise AutotuneError(f"nvidia-pytriton ships no Python backend stub for Python {version}")
     os.symlink(stub, server / "backends" / "python" / "triton_python_backend_stub")
     return server
+
+
+class EmbeddedServerCrashed(AutotuneError):
+    """The embedded server exited while autotune used it: a Triton fault, which a fresh server gets past."""
 
 
 class EmbeddedServer:
@@ -144,6 +151,33 @@ class EmbeddedServer:
         self.stop()
         raise AutotuneError(f"the embedded Triton server did not start within {self.startup_timeout:.0f} s")
 
+    def exit_status(self, wait_s: float = 0.0) -> int | None:
+        """The status of a server that exited without being stopped, waiting up to ``wait_s`` for one going down;
+        None while it runs."""
+        if self._process is None:
+            return None
+        try:
+            return self._process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def crash_error(self) -> EmbeddedServerCrashed | None:
+        """The error to report when the server turns out to have crashed, quoting its log; None while it runs."""
+        status = self.exit_status(_EXIT_GRACE_S)
+        if status is None:
+            return None
+        how = f"signal {-status}" if status < 0 else f"exit status {status}"
+        return EmbeddedServerCrashed(
+            f"the embedded Triton server crashed ({how}; log kept at {self.log_path}: {self._crash_line()})")
+
+    def _crash_line(self) -> str:
+        """The log's last line that is not a stack frame: the signal, or the fault that ended the server."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return next((line.strip() for line in reversed(lines) if line.strip() and not _FRAME.match(line)), "")
+
     def log_tail(self, lines: int = 5) -> str:
         """The last lines of the server's log, for error messages."""
         try:
@@ -167,7 +201,7 @@ class EmbeddedServer:
         A server that crashed leaves its Python-backend stubs running and their shared memory behind; they go
         too. Its log stays, as the only account of the crash.
         """
-        crashed = self._process is not None and self._process.poll() is not None
+        crashed = self.exit_status() is not None
         if self._process is not None:
             if not crashed:
                 self._process.send_signal(signal.SIGINT)

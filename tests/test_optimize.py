@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +24,7 @@ from optuna.trial import TrialState
 from autotune.embedded import EmbeddedServer
 from autotune.model_config import params_of
 from autotune.server import ModelServer
+from autotune.trial_queue import counts_toward_total
 
 MEASURE = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3"]
 QUICK = [*MEASURE, "--confirm-rounds", "0"]
@@ -232,6 +235,32 @@ def test_a_server_lost_mid_study_is_one_line_and_its_trial_is_left_for_a_rerun(
     assert "Traceback" not in stderr
     (lost,) = [t for t in load(storage, "mlp-p95-50ms").trials if t.state == TrialState.FAIL]
     assert "fail_reason" not in lost.user_attrs, "it does not count toward --trials: a rerun measures it again"
+
+
+def test_a_crashed_embedded_server_is_replaced_and_the_study_goes_on(repository: Path, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "3",
+         "--model-repository", str(repository), "--storage", storage, "--space", str(small_space(tmp_path)), *QUICK],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = ""
+    while process.stderr and not started.startswith("Tuning mlp") and (line := process.stderr.readline()):
+        started = line
+    (server,) = [pid for pid, name in _descendants(process.pid).items() if name == "tritonserver"]
+    time.sleep(1.0)
+    os.kill(server, signal.SIGSEGV)  # as Triton's Python backend has been seen to crash it
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, started + stderr
+    (warning,) = [line for line in stderr.splitlines() if line.startswith("autotune: warning:")]
+    assert warning.startswith("autotune: warning: the embedded Triton server crashed"), warning
+    assert "starting a new one and resuming the study" in warning
+    log = Path(re.search(r"log kept at (\S+):", warning).group(1))
+    assert "Signal (11)" in log.read_text(), "the crashed server's log is kept for the user to read"
+    trials = load(storage, "mlp-p95-50ms").trials
+    assert sum(counts_toward_total(t) for t in trials) == 3
+    (lost,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert "fail_reason" not in lost.user_attrs, "the trial the crash took down does not count"
+    shutil.rmtree(log.parent)
 
 
 def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune(
