@@ -11,7 +11,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.model_config import ModelConfig, apply, parse_pbtxt, to_pbtxt
-from autotune.study import CONFIRMED_KEY, baseline_trial, best_trial, is_feasible, trial_params
+from autotune.study import (
+    CONFIRMED_KEY,
+    SAME_AS_KEY,
+    baseline_trial,
+    best_trial,
+    is_feasible,
+    top_feasible,
+    trial_params,
+)
 
 _METRICS = ("throughput", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "concurrency", "errors")
 
@@ -37,6 +45,8 @@ def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float) -> str:
         return f"{head} {trial.state.name.lower()}: {reason} [{settings}]"
     verdict = "ok" if is_feasible(trial) else (
         f"{attrs['errors']} errors" if attrs.get("errors") else f"over the {max_p95_ms:g} ms limit")
+    if SAME_AS_KEY in attrs:
+        verdict += f", as trial {attrs[SAME_AS_KEY]} measured these settings"
     return (f"{head} concurrency {attrs['concurrency']:>3}: {trial.value:8.1f} infer/sec, p95 {attrs['p95_ms']:7.2f} ms"
             f" {verdict} [{settings}]")
 
@@ -67,7 +77,7 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
     gain = f" ({ratio:.2f}x the baseline)" if ratio is not None else ""
     lines += ["", f"Best (trial {best.number}): {_pa_line(best)}{gain}", f"  {describe(best.user_attrs['config'])}"]
     lines += confirmation(study)
-    ranked = sorted((t for t in trials if is_feasible(t)), key=lambda t: -(t.value or 0.0))[:top]
+    ranked = top_feasible(study, top)
     lines += ["", f"Top {len(ranked)} feasible configurations:",
               f"{'trial':>5} {'conc':>5} {'infer/sec':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  settings"]
     for trial in ranked:

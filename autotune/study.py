@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import FrameType
 from typing import Literal
 
@@ -34,6 +34,8 @@ HARDWARE_ATTRS = ("server_version", "instance_kind", "cpu")
 # The winner's curse: the best of many noisy measurements is flattered. The top few are measured again.
 CONFIRM_TOP = 3
 CONFIRMED_KEY = "confirmed"
+# A trial whose settings an earlier trial already measured is answered from that one: this key names it.
+SAME_AS_KEY = "same_as"
 # optuna-dashboard reads feasibility only from this list-valued system attribute; Optuna's samplers read it too.
 CONSTRAINTS_KEY = "constraints"
 SamplerName = Literal["tpe", "gp", "random"]
@@ -44,6 +46,8 @@ SETTLE_S = 0.1
 # Random trials before a model-based sampler takes over (Optuna's default is 10): budgets here are tens of trials,
 # and the enqueued baseline and rule of thumb count among them.
 STARTUP_TRIALS = 5
+# What a trial's user attributes hold about its measurement (the rest: its settings, worker and timings).
+_MEASURED = frozenset({f.name for f in fields(Measurement)} | {"sweep"})
 # A sweep stops once doubling the requests in flight gains less than this: the server is saturated.
 SATURATION_GAIN = 0.05
 
@@ -156,8 +160,8 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def top_feasible(study: optuna.Study, n: int) -> list[FrozenTrial]:
-    """The ``n`` feasible trials with the highest throughput, best first."""
-    feasible = [t for t in study.get_trials(deepcopy=False) if is_feasible(t)]
+    """The ``n`` feasible trials with the highest throughput, best first; each config once, as first measured."""
+    feasible = [t for t in study.get_trials(deepcopy=False) if is_feasible(t) and SAME_AS_KEY not in t.user_attrs]
     return sorted(feasible, key=lambda t: -(t.value or 0.0))[:n]
 
 
@@ -328,6 +332,10 @@ class Tuner:
         trial.set_user_attr("config", params.as_dict())
         for key, value in self.worker.items():
             trial.set_user_attr(key, value)
+        concurrency = self.space.suggest_concurrency(trial) if self.concurrency_search == "sample" else None
+        twin = None if trial.user_attrs.get("baseline") else self._measured_twin(params, concurrency)
+        if twin is not None:
+            return _answer_from(trial, twin)
         started = time.monotonic()
         try:
             reloaded = self.server.apply(config)
@@ -344,7 +352,7 @@ class Tuner:
             trial.set_user_attr("sweep", points)
             warmup_s += SETTLE_S * (len(points) - 1)
         else:
-            measurement = self.loadgen.measure(self.space.suggest_concurrency(trial), self._hopeless, warmup_s)
+            measurement = self.loadgen.measure(concurrency, self._hopeless, warmup_s)
         trial.set_user_attr("measure_s", round(time.monotonic() - started, 3))
         trial.set_user_attr("warmup_s", round(warmup_s, 3))
         _record(trial, measurement, before, self.server.statistics())
@@ -368,6 +376,20 @@ class Tuner:
         if all(c <= 0 for c in constraints) and measurement.throughput > _best_value(trial.study):
             save_note(trial, _new_best_note(config, measurement))
         return measurement.throughput
+
+    def _measured_twin(self, params: ServerParams, concurrency: int | None) -> FrozenTrial | None:
+        """A complete trial that measured these server settings (at this concurrency, where it is sampled).
+
+        TPE proposes the same settings again and again once it has narrowed down (a fifth of the trials of a study
+        of 20 on the shipped models, most of them with the batcher off, where only the instance count varies).
+        Measuring them again would cost a whole trial for a reading no better than the first; the winner's re-
+        measurement at the end is where repeated readings count.
+        """
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if SAME_AS_KEY not in trial.user_attrs and trial_params(trial) == params and (
+                    concurrency is None or trial.user_attrs["concurrency"] == concurrency):
+                return trial
+        return None
 
     def _warmup(self, reloaded: bool) -> float:
         """The next point's warm-up: full on a config that has not served load since it was loaded, else a settle.
@@ -410,6 +432,17 @@ class Tuner:
         warm-up (lazy initialisation, a busy machine), and a point whose windows all stay empty fails anyway.
         """
         return window.errors > 0 or (window.requests > 0 and window.p50_ms > self.max_p95_ms)
+
+
+def _answer_from(trial: optuna.Trial, twin: FrozenTrial) -> float:
+    """Record ``twin``'s measurement as this trial's, without measuring: the sampler learns the same as from a
+    measurement, the trial counts toward the budget, and the study's rankings list the config once."""
+    trial.set_user_attr(SAME_AS_KEY, twin.number)
+    for key, value in twin.user_attrs.items():
+        if key in _MEASURED or key.startswith("server_"):
+            trial.set_user_attr(key, value)
+    _set_constraints(trial, twin.system_attrs[CONSTRAINTS_KEY])
+    return twin.value
 
 
 def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, float], after: dict[str, float]) -> None:

@@ -19,6 +19,7 @@ from autotune.server import ModelServer
 from autotune.space import IntRange, SearchSpace
 from autotune.study import (
     CONFIRMED_KEY,
+    SAME_AS_KEY,
     SETTLE_S,
     ConcurrencySearch,
     Tuner,
@@ -26,6 +27,7 @@ from autotune.study import (
     check_sampler,
     crown,
     is_feasible,
+    top_feasible,
 )
 
 QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=3)
@@ -274,6 +276,35 @@ def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial(tuner
     (trial,) = tuner.study.trials
     assert trial.user_attrs["sweep"] == [[1, 100, 25]]
     assert trial.state == TrialState.COMPLETE and not is_feasible(trial)
+
+
+def test_settings_measured_before_are_answered_from_the_study_instead_of_measured_again(
+    tuner_for: Callable[..., Tuner],
+) -> None:
+    tuner = tuner_for("mlp")
+    for concurrency in (2, 2, 4):
+        tuner.study.enqueue_trial(batching(8, concurrency))
+    tuner.optimize(3)
+    first, repeat, other = tuner.study.trials
+    assert repeat.user_attrs[SAME_AS_KEY] == first.number
+    assert "measure_s" not in repeat.user_attrs, "nothing was measured for it"
+    assert (repeat.value, repeat.user_attrs["p95_ms"]) == (first.value, first.user_attrs["p95_ms"])
+    assert is_feasible(repeat) and is_feasible(first), "the sampler learns the same constraints from it"
+    assert SAME_AS_KEY not in other.user_attrs, "another concurrency is another measurement"
+    assert [t.number for t in top_feasible(tuner.study, 3)] in ([0, 2], [2, 0]), "rankings list a config once"
+
+
+def test_a_sweep_answers_a_config_it_swept_before_with_that_sweep(tuner_for: Callable[..., Tuner]) -> None:
+    tuner = tuner_for("mlp", "sweep")
+    tuner.max_p95_ms = 20.0
+    tuner.loadgen = ScriptedLoad({1: (100, 5), 2: (190, 8), 4: (300, 25)})  # type: ignore[assignment]
+    tuner.study.enqueue_trial(NO_BATCHING)
+    tuner.study.enqueue_trial(NO_BATCHING)
+    tuner.optimize(2)
+    first, repeat = tuner.study.trials
+    assert repeat.user_attrs[SAME_AS_KEY] == first.number
+    assert repeat.user_attrs["sweep"] == first.user_attrs["sweep"] == [[1, 100, 5], [2, 190, 8], [4, 300, 25]]
+    assert repeat.user_attrs["concurrency"] == 2 and repeat.value == 190
 
 
 def test_the_gp_sampler_without_its_extra_is_an_error_that_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
