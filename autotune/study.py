@@ -380,8 +380,8 @@ class Tuner:
     def _measured_twin(self, params: ServerParams, concurrency: int | None) -> FrozenTrial | None:
         """A complete trial that measured these server settings (at this concurrency, where it is sampled).
 
-        TPE proposes the same settings again and again once it has narrowed down (a fifth of the trials of a study
-        of 20 on the shipped models, most of them with the batcher off, where only the instance count varies).
+        TPE proposes the same settings again once it has narrowed down (an eighth to a fifth of the trials of a
+        study of 20 on the shipped models, most of them with the batcher off, where only the instance count varies).
         Measuring them again would cost a whole trial for a reading no better than the first; the winner's re-
         measurement at the end is where repeated readings count.
         """
