@@ -82,8 +82,17 @@ def test_the_default_run_tunes_the_demo_model_and_exports_a_config_tritonserver_
     best = report["best"]
     assert best["p95_ms"] <= 50 and best["errors"] == 0
     assert {"throughput", "p50_ms", "p95_ms", "p99_ms", "concurrency", "config"} <= set(best)
-    confirmed = load(storage, "mlp-p95-50ms").user_attrs["confirmed"]
-    assert len(confirmed["trials"]) == 3 and all(len(run["throughput"]) == 1 for run in confirmed["trials"])
+    study = load(storage, "mlp-p95-50ms")
+    confirmed = study.user_attrs["confirmed"]
+    # The 3 best feasible configurations, each once, as first measured: a trial that repeated earlier settings
+    # took their figures instead of measuring them again.
+    first_of_config: dict[str, optuna.trial.FrozenTrial] = {}
+    for trial in study.trials:
+        if trial.state == TrialState.COMPLETE and trial.user_attrs["p95_ms"] <= 50 and not trial.user_attrs["errors"]:
+            first_of_config.setdefault(json.dumps(trial.user_attrs["config"], sort_keys=True), trial)
+    top3 = sorted(first_of_config.values(), key=lambda t: -t.value)[:3]
+    assert [run["trial"] for run in confirmed["trials"]] == [t.number for t in top3]
+    assert all(len(run["throughput"]) == 1 for run in confirmed["trials"])
     assert best["trial"] == confirmed["winner"], "the winner of the re-measurement is exported"
     swept = load(storage, "mlp-p95-50ms").trials[best["trial"]].user_attrs["sweep"]
     assert best["concurrency"] in [concurrency for concurrency, _, _ in swept], "concurrency comes from the sweep"
