@@ -172,28 +172,24 @@ class EmbeddedServer:
 
     def _crash_line(self) -> str:
         """The log's last line that is not a stack frame: the signal, or the fault that ended the server."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
+        lines = self._log_lines()
         return next((line.strip() for line in reversed(lines) if line.strip() and not _FRAME.match(line)), "")
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines of the server's log, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+        return " | ".join([line.strip() for line in self._log_lines() if line.strip()][-lines:])
 
     def last_error(self) -> str:
         """The message of the server's latest error line: why a load failed, when the reply says only 'failed'."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        errors = [line for line in lines if _ERROR_LINE.match(line)]
+        errors = [line for line in self._log_lines() if _ERROR_LINE.match(line)]
         return _ERROR_LINE.match(errors[-1]).group(1).strip('"') if errors else ""
+
+    def _log_lines(self) -> list[str]:
+        """The log so far; none when it cannot be read, since it only ever adds to an error message."""
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server, then whatever is left of its process group, its shared memory and its workspace.
