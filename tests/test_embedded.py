@@ -1,6 +1,7 @@
 """EmbeddedServer itself: the tritonserver autotune starts when no --url is given."""
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ def test_a_crashed_embedded_server_leaves_only_its_log_behind(repository: Path) 
     assert not _running_in_group(group)
     assert not _regions(server.log_path.parent)
     assert "Started GRPCInferenceService" in server.log_path.read_text()
+    shutil.rmtree(server.log_path.parent)
 
 
 def _regions(workspace: Path) -> list[Path]:
