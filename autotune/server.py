@@ -136,6 +136,11 @@ class ModelServer:
             raise ConfigRejected(f"Triton refused the configuration of {self.model}: {reason}") from None
 
 
+_STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+# The keys ``server_times`` may return.
+SERVER_TIMES = ("server_batches", "server_avg_batch_size", *(f"server_{stage}_ms" for stage in _STAGES))
+
+
 def server_times(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """What the server did between two ``statistics()`` readings: batches, average batch size, and the mean
     queue and compute times per request in milliseconds (the last three only when requests succeeded)."""
@@ -144,8 +149,8 @@ def server_times(before: dict[str, float], after: dict[str, float]) -> dict[str,
     times: dict[str, float] = {"server_batches": int(executions)}
     if executions and requests:
         times["server_avg_batch_size"] = round(requests / executions, 3)
-        for name in ("queue", "compute_input", "compute_infer", "compute_output"):
-            times[f"server_{name}_ms"] = round(delta[f"{name}_ns"] / requests / 1e6, 4)
+        for stage in _STAGES:
+            times[f"server_{stage}_ms"] = round(delta[f"{stage}_ns"] / requests / 1e6, 4)
     return times
 
 

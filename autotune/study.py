@@ -25,7 +25,7 @@ from optuna_dashboard import save_note
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.loadgen import LoadGenerator, Measurement
 from autotune.model_config import ModelConfig, ServerParams, apply, params_of, to_pbtxt
-from autotune.server import ModelServer, server_times
+from autotune.server import SERVER_TIMES, ModelServer, server_times
 from autotune.space import SearchSpace
 from autotune.storage import mask_password, open_storage
 from autotune.trial_queue import TrialQueue, counts_toward_total
@@ -47,7 +47,7 @@ SETTLE_S = 0.1
 # and the enqueued baseline and rule of thumb count among them.
 STARTUP_TRIALS = 5
 # What a trial's user attributes hold about its measurement (the rest: its settings, worker and timings).
-_MEASURED = frozenset({f.name for f in fields(Measurement)} | {"sweep"})
+_MEASURED = frozenset({f.name for f in fields(Measurement)} | {"sweep", *SERVER_TIMES})
 # A sweep stops once doubling the requests in flight gains less than this: the server is saturated.
 SATURATION_GAIN = 0.05
 
@@ -439,7 +439,7 @@ def _answer_from(trial: optuna.Trial, twin: FrozenTrial) -> float:
     measurement, the trial counts toward the budget, and the study's rankings list the config once."""
     trial.set_user_attr(SAME_AS_KEY, twin.number)
     for key, value in twin.user_attrs.items():
-        if key in _MEASURED or key.startswith("server_"):
+        if key in _MEASURED:
             trial.set_user_attr(key, value)
     _set_constraints(trial, twin.system_attrs[CONSTRAINTS_KEY])
     return twin.value

@@ -284,9 +284,14 @@ def test_settings_measured_before_are_answered_from_the_study_instead_of_measure
     tuner = tuner_for("mlp")
     for concurrency in (2, 2, 4):
         tuner.study.enqueue_trial(batching(8, concurrency))
+    tuner.worker = {"server_url": "first-worker:8001"}
+    tuner.optimize(1)
+    tuner.worker = {"server_url": "second-worker:8001"}
     tuner.optimize(3)
     first, repeat, other = tuner.study.trials
     assert repeat.user_attrs[SAME_AS_KEY] == first.number
+    assert repeat.user_attrs["server_url"] == "second-worker:8001", "a worker's own attributes are not copied"
+    assert repeat.user_attrs["server_batches"] == first.user_attrs["server_batches"] > 0
     assert "measure_s" not in repeat.user_attrs, "nothing was measured for it"
     assert (repeat.value, repeat.user_attrs["p95_ms"]) == (first.value, first.user_attrs["p95_ms"])
     assert is_feasible(repeat) and is_feasible(first), "the sampler learns the same constraints from it"
