@@ -7,6 +7,7 @@ given a dynamic batcher.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from autotune.model_config import ModelConfig, ServerParams
 # "max" forms batches as large as max_batch_size (Triton's own default when none is given);
 # "half" dispatches as soon as half a batch is queued, trading batch size for latency.
 PREFERRED_CHOICES = ("max", "half")
+# A neighbour's batcher delay lies this many steps apart over the delay's whole log range (about x4.5 by default).
+DELAY_STEPS = 4
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,58 @@ class SearchSpace:
 
     def clamp_concurrency(self, concurrency: int) -> int:
         return max(self.concurrency.low, min(self.concurrency.high, concurrency))
+
+    def point(self, params: ServerParams, base: ModelConfig, concurrency: int | None = None) -> dict[str, Any] | None:
+        """The sampled values that give ``params`` (snapped into the space: the baseline may lie outside it), for
+        ``Study.enqueue_trial``; None where the space cannot hold them (batching in a space without it, or back)."""
+        can_batch = base.max_batch_size > 0
+        if can_batch and params.dynamic_batching not in self.dynamic_batching:
+            return None
+        point: dict[str, Any] = {"instance_count": min(max(params.instance_count, self.instance_count.low),
+                                                       self.instance_count.high)}
+        if concurrency is not None:
+            point["concurrency"] = self.clamp_concurrency(concurrency)
+        if not can_batch:
+            return point
+        point["dynamic_batching"] = params.dynamic_batching
+        if not params.dynamic_batching:
+            return point
+        sizes = self.batch_sizes(base)
+        batch = min(sizes, key=lambda size: abs(math.log2(size / max(params.max_batch_size, 1))))
+        half = batch > 1 and params.preferred_batch_size == (batch // 2,)
+        preferred = "half" if half and "half" in self.preferred_batch_size else self.preferred_batch_size[0]
+        delays = self.max_queue_delay_microseconds
+        delay = min(max(params.max_queue_delay_microseconds, delays.low // 2), delays.high)
+        return {**point, "max_batch_size": batch, "max_queue_delay_microseconds": delay,
+                "preferred_batch_size": preferred}
+
+    def neighbours(self, point: dict[str, Any], base: ModelConfig) -> list[dict[str, Any]]:
+        """The points one step from ``point`` (as ``point`` returns it), each moving one setting: an instance more
+        or fewer, the next batch size up or down, a batcher delay ``DELAY_STEPS`` steps of its log range longer or
+        shorter, the other preferred batch size, and twice or half the concurrency where it is sampled."""
+        steps: list[dict[str, Any]] = []
+        for count in (point["instance_count"] + 1, point["instance_count"] - 1):
+            if self.instance_count.low <= count <= self.instance_count.high:
+                steps.append({**point, "instance_count": count})
+        if "concurrency" in point:
+            steps += [{**point, "concurrency": c} for c in (self.clamp_concurrency(point["concurrency"] * 2),
+                                                            self.clamp_concurrency(point["concurrency"] // 2))
+                      if c != point["concurrency"]]
+        if not point.get("dynamic_batching"):
+            return steps
+        sizes = self.batch_sizes(base)
+        index = sizes.index(point["max_batch_size"])
+        steps += [{**point, "max_batch_size": sizes[i]} for i in (index + 1, index - 1) if 0 <= i < len(sizes)]
+        delays = self.max_queue_delay_microseconds
+        low = delays.low // 2
+        factor = (delays.high / low) ** (1 / DELAY_STEPS)
+        delay = point["max_queue_delay_microseconds"]
+        for moved in (min(round(delay * factor), delays.high), max(round(delay / factor), low)):
+            if moved != delay:
+                steps.append({**point, "max_queue_delay_microseconds": moved})
+        steps += [{**point, "preferred_batch_size": choice} for choice in self.preferred_batch_size
+                  if choice != point["preferred_batch_size"]]
+        return steps
 
 
 def _preferred(choice: str, max_batch: int) -> tuple[int, ...]:

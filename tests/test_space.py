@@ -4,9 +4,10 @@ import optuna
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optuna.trial import FixedTrial
 
 from autotune.errors import AutotuneError
-from autotune.model_config import ModelConfig
+from autotune.model_config import ModelConfig, ServerParams
 from autotune.space import IntRange, SearchSpace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,20 @@ def spaces(draw: st.DrawFn) -> SearchSpace:
     )
 
 
+def assert_valid(space: SearchSpace, base: ModelConfig, params: ServerParams) -> None:
+    assert space.instance_count.low <= params.instance_count <= space.instance_count.high
+    if base.max_batch_size == 0:
+        assert not params.dynamic_batching and params.max_batch_size == 0
+    if not params.dynamic_batching:
+        assert params.max_batch_size == base.max_batch_size
+        return
+    assert params.max_batch_size >= 1 and params.max_batch_size & (params.max_batch_size - 1) == 0
+    assert params.max_batch_size in space.batch_sizes(base)
+    assert all(1 <= size <= params.max_batch_size for size in params.preferred_batch_size)
+    delay = params.max_queue_delay_microseconds
+    assert delay == 0 or space.max_queue_delay_microseconds.low <= delay <= space.max_queue_delay_microseconds.high
+
+
 @settings(max_examples=150, deadline=None)
 @given(space=spaces(), model_max_batch=st.integers(0, 128), seed=st.integers(0, 2**16))
 def test_every_sampled_setting_is_valid_for_the_model(space: SearchSpace, model_max_batch: int, seed: int) -> None:
@@ -41,18 +56,44 @@ def test_every_sampled_setting_is_valid_for_the_model(space: SearchSpace, model_
         params = space.suggest(trial, base)
         concurrency = space.suggest_concurrency(trial)
         assert space.concurrency.low <= concurrency <= space.concurrency.high
-        assert space.instance_count.low <= params.instance_count <= space.instance_count.high
-        if model_max_batch == 0:
-            assert not params.dynamic_batching and params.max_batch_size == 0
-        if not params.dynamic_batching:
-            assert params.max_batch_size == model_max_batch
-            continue
-        assert params.max_batch_size >= 1 and params.max_batch_size & (params.max_batch_size - 1) == 0
-        assert params.max_batch_size in space.batch_sizes(base)
-        assert all(1 <= size <= params.max_batch_size for size in params.preferred_batch_size)
-        delay = params.max_queue_delay_microseconds
-        assert delay == 0 or space.max_queue_delay_microseconds.low <= delay <= space.max_queue_delay_microseconds.high
+        assert_valid(space, base, params)
         study.tell(trial, 1.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(space=spaces(), model_max_batch=st.integers(0, 128), seed=st.integers(0, 2**16))
+def test_a_neighbour_moves_one_setting_one_step_and_stays_in_the_space(
+    space: SearchSpace, model_max_batch: int, seed: int
+) -> None:
+    base = ModelConfig(name="m", max_batch_size=model_max_batch)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    params, concurrency = space.suggest(trial, base), space.suggest_concurrency(trial)
+    point = space.point(params, base, concurrency)
+    assert point is not None and space.suggest(FixedTrial(point), base) == params, "a point gives back its settings"
+    for step in space.neighbours(point, base):
+        assert len([key for key in point if step[key] != point[key]]) == 1
+        assert_valid(space, base, space.suggest(FixedTrial(step), base))
+        assert space.concurrency.low <= step["concurrency"] <= space.concurrency.high
+
+
+def test_the_neighbours_of_a_batching_config_are_one_step_away_in_each_setting() -> None:
+    point = {"instance_count": 2, "dynamic_batching": True, "max_batch_size": 8, "max_queue_delay_microseconds": 1000,
+             "preferred_batch_size": "max"}
+    moved = [{key: value for key, value in step.items() if point[key] != value}
+             for step in SearchSpace().neighbours(point, ModelConfig(max_batch_size=16))]
+    # The delay moves by a quarter of its log range, 50 us (no delay) to 20 ms: x 4.47.
+    assert moved == [{"instance_count": 3}, {"instance_count": 1}, {"max_batch_size": 16}, {"max_batch_size": 4},
+                     {"max_queue_delay_microseconds": 4472}, {"max_queue_delay_microseconds": 224},
+                     {"preferred_batch_size": "half"}]
+
+
+def test_settings_outside_the_space_are_snapped_into_it_or_refused() -> None:
+    baseline = ServerParams(dynamic_batching=True, max_batch_size=12, max_queue_delay_microseconds=50_000,
+                            preferred_batch_size=(4, 12), instance_count=6)
+    assert SearchSpace().point(baseline, ModelConfig(max_batch_size=12)) == {
+        "instance_count": 4, "dynamic_batching": True, "max_batch_size": 8, "max_queue_delay_microseconds": 20_000,
+        "preferred_batch_size": "max"}
+    assert SearchSpace(dynamic_batching=(False,)).point(baseline, ModelConfig(max_batch_size=12)) is None
 
 
 def test_batch_sizes_are_powers_of_two_up_to_the_models_limit() -> None:
