@@ -21,6 +21,7 @@ from autotune.study import (
     CONFIRMED_KEY,
     SAME_AS_KEY,
     SETTLE_S,
+    STEP_FROM_KEY,
     ConcurrencySearch,
     Tuner,
     best_trial,
@@ -28,6 +29,7 @@ from autotune.study import (
     crown,
     is_feasible,
     top_feasible,
+    trial_params,
 )
 
 QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=3)
@@ -310,6 +312,21 @@ def test_a_sweep_answers_a_config_it_swept_before_with_that_sweep(tuner_for: Cal
     assert repeat.user_attrs[SAME_AS_KEY] == first.number
     assert repeat.user_attrs["sweep"] == first.user_attrs["sweep"] == [[1, 100, 5], [2, 190, 8], [4, 300, 25]]
     assert repeat.user_attrs["concurrency"] == 2 and repeat.value == 190
+
+
+def test_the_samplers_trials_and_steps_from_the_best_config_take_turns(tuner_for: Callable[..., Tuner]) -> None:
+    tuner = tuner_for("mlp", "sweep")
+    tuner.max_p95_ms = 20.0
+    # Every config measures alike, so the first trial stays the best.
+    tuner.loadgen = ScriptedLoad({c: (100.0 * c, 5.0) for c in (1, 2, 4, 8, 16, 32, 64)})  # type: ignore[assignment]
+    tuner.study.enqueue_trial(BATCHES_OF_8)
+    tuner.optimize(5)
+    trials = tuner.study.trials
+    assert [t.user_attrs.get(STEP_FROM_KEY) for t in trials] == [None, 0, None, 0, None]
+    for step in (1, 3):
+        assert len([key for key, value in BATCHES_OF_8.items() if trials[step].params[key] != value]) == 1
+        assert trial_params(trials[step]) not in {trial_params(t) for t in trials[:step]}, "a step goes somewhere new"
+    assert not tuner.study.get_trials(states=(TrialState.WAITING,)), "no step is queued past the budget"
 
 
 def test_the_gp_sampler_without_its_extra_is_an_error_that_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
