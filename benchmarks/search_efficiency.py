@@ -12,9 +12,9 @@
    feasible point is the true optimum.
 2. The replay. autotune's own ``Tuner`` runs against the measured table instead of a live server: a sampled
    setting is snapped to the nearest grid value, and its measurement is the table's with multiplicative noise
-   (``--noise``, the spread seen between repeated measurements here). So the search code under test is
-   exactly autotune's (enqueued baseline and rule of thumb, pruning, the sweep, re-measuring the top 3), and
-   3 seeds x 3 budgets x every strategy take seconds instead of hours. A run's result is the table's (noise
+   (``--noise``, log-normal; repeated measurements here spread by 0.1 to 0.2). So the search code under test is
+   exactly autotune's (enqueued baseline and rule of thumb, local steps, pruning, the sweep, re-measuring the top
+   3), and 3 seeds x 3 budgets x every strategy take seconds instead of hours. A run's result is the table's (noise
    free) throughput of the config it crowns, as a share of the optimum; its wall time is what the same trials
    cost live: the table's reload time where the config changed, plus autotune's default warm-up and windows.
 3. ``--live`` runs autotune for real (budget 20, default strategy) once per model, to check the replay and to
@@ -360,6 +360,7 @@ class Strategy:
     sampler: SamplerName = "tpe"
     concurrency: ConcurrencySearch = "sweep"
     knowledge: bool = True
+    local: bool = True
     confirm_rounds: int = 2
     pruning: bool = True
     startup: int = STARTUP_TRIALS
@@ -370,10 +371,12 @@ STRATEGIES = (
     Strategy("tpe, sampled concurrency", concurrency="sample"),
     Strategy("gp, concurrency sweep", sampler="gp"),
     Strategy("gp, sampled concurrency", sampler="gp", concurrency="sample"),
-    Strategy("random search, concurrency sweep", sampler="random", knowledge=False),
-    Strategy("random search, sampled concurrency", sampler="random", knowledge=False, concurrency="sample"),
+    Strategy("random search, concurrency sweep", sampler="random", knowledge=False, local=False),
+    Strategy("random search, sampled concurrency", sampler="random", knowledge=False, local=False,
+             concurrency="sample"),
 )
 ABLATIONS = (
+    Strategy("tpe, no local steps", local=False),
     Strategy("tpe, no baseline or rule of thumb", knowledge=False),
     Strategy("tpe, no re-measuring of the top 3", confirm_rounds=0),
     Strategy("tpe, no pruning", pruning=False),
@@ -400,7 +403,7 @@ def replay(grid: Grid, strategy: Strategy, budget: int, seed: int, noise: float)
     server = ReplayServer(grid, base, clock)
     load = ReplayLoad(grid, server, clock, noise, np.random.default_rng(seed), strategy.pruning)
     tuner = Tuner(study, storage, server, load, space, grid.limit_ms,  # type: ignore[arg-type]
-                  concurrency_search=strategy.concurrency)
+                  concurrency_search=strategy.concurrency, local_steps=strategy.local, rng=np.random.default_rng(seed))
     if strategy.knowledge:
         tuner.enqueue_baseline(created=True)
     tuner.optimize(budget)
