@@ -2,7 +2,8 @@
 
 One trial asks the search space for server settings and a concurrency, has the server load them, measures
 with the load generator and records everything as user attributes. The p95 limit and request errors are
-constraints that the sampler honours, not a filter applied afterwards.
+constraints that the sampler honours, not a filter applied afterwards. The sampler's trials take turns with local
+steps, which try the untried neighbours of the best config so far.
 """
 
 from __future__ import annotations

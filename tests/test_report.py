@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from autotune.report import study_json, summary
+from autotune.report import study_json, summary, trial_line
 
 
 def measured(throughput: float, p95_ms: float, **extra: object) -> dict[str, object]:
@@ -30,3 +30,12 @@ def test_a_pruned_baseline_still_anchors_the_summary_and_the_gain() -> None:
             "(2.50x the baseline)") in text
     report = study_json(study, "sqlite:///studies.db", None)
     assert report["baseline"]["throughput"] == 400.0 and report["gain"] == 2.5
+
+
+def test_a_trials_progress_line_says_where_its_settings_came_from() -> None:
+    feasible = {"constraints": [-2.0, 0.0]}
+    step = create_trial(value=1000.0, user_attrs=measured(1000.0, 8.0, step_from=3), system_attrs=feasible)
+    repeat = create_trial(value=900.0, user_attrs=measured(900.0, 8.0, same_as=2), system_attrs=feasible)
+    assert trial_line(step, 20, 10.0).endswith(
+        "concurrency   2:   1000.0 infer/sec, p95    8.00 ms ok, a step from trial 3 [no dynamic batching, 1 instance]")
+    assert "ok, as trial 2 measured these settings [" in trial_line(repeat, 20, 10.0)
