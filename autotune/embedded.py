@@ -2,7 +2,8 @@
 
 The server listens on loopback only, on free ports, dies with its parent (``PR_SET_PDEATHSIG``), and keeps
 its log in a file so that load errors can be quoted back to the user. Stopping it leaves nothing behind but the
-log of a server that crashed, for the user to read.
+log of a server that crashed, for the user to read; what a killed autotune (SIGKILL runs no clean-up) left behind,
+the next embedded server removes.
 """
 
 from __future__ import annotations
@@ -29,12 +30,41 @@ _PR_SET_PDEATHSIG = 1
 _EXIT_GRACE_S = 5.0
 _FRAME = re.compile(r"^\s*\d+# ")
 _ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+ +\d+ [^\]]+\] (.*)$")
+_WORKSPACE_PREFIX = "autotune-triton-"
+# A workspace names the autotune process that made it, so that one left by a killed autotune can be told apart.
+_OWNER = "owner.pid"
 
 
 def _die_with_parent() -> None:
     """SIGTERM, not SIGKILL: the server then shuts down its Python-backend model processes too."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's exists too: signalling it is refused)."""
+    with contextlib.suppress(PermissionError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+    return True
+
+
+def _remove_orphaned_workspaces() -> None:
+    """Remove the workspaces, and their shared memory, of autotune processes that are gone without stopping their
+    server (killed: the server died with them). A crashed server's kept log, a workspace without its server
+    tree, stays for the user to read."""
+    for workspace in Path(tempfile.gettempdir()).glob(f"{_WORKSPACE_PREFIX}*"):
+        try:
+            owner = int((workspace / _OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner) or not (workspace / "tritonserver").exists():
+            continue
+        for region in Path("/dev/shm").glob(f"{workspace.name}-*"):
+            region.unlink(missing_ok=True)
+        shutil.rmtree(workspace, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -79,7 +109,9 @@ class EmbeddedServer:
         self.model_repository = Path(model_repository).resolve()
         self.startup_timeout = startup_timeout
         self.grpc_port = _free_port()
-        self._workspace = Path(tempfile.mkdtemp(prefix="autotune-triton-"))
+        _remove_orphaned_workspaces()
+        self._workspace = Path(tempfile.mkdtemp(prefix=_WORKSPACE_PREFIX))
+        (self._workspace / _OWNER).write_text(str(os.getpid()))
         self.log_path = self._workspace / "tritonserver.log"
         # The Python backend's shared-memory regions are named after this, so a crash's leftovers can be found.
         self._shm_prefix = f"{self._workspace.name}-"

@@ -19,7 +19,7 @@ def test_a_stopped_embedded_server_leaves_nothing_behind(repository: Path) -> No
     assert not _regions(workspace)
 
 
-def test_a_crashed_embedded_server_leaves_only_its_log_behind(repository: Path) -> None:
+def test_a_crashed_embedded_server_leaves_only_its_log_behind(repository: Path, triton: EmbeddedServer) -> None:
     with EmbeddedServer(repository) as server:
         ModelServer(server.url, "mlp").close()
         group = server.pid
@@ -34,6 +34,9 @@ def test_a_crashed_embedded_server_leaves_only_its_log_behind(repository: Path) 
     assert not _running_in_group(group)
     assert not _regions(server.log_path.parent)
     assert "Started GRPCInferenceService" in server.log_path.read_text()
+    EmbeddedServer(repository).stop()
+    assert server.log_path.exists(), "the next embedded server keeps a crash's log"
+    assert triton.log_path.exists(), "and every workspace whose autotune still runs"
     shutil.rmtree(server.log_path.parent)
 
 

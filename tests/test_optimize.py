@@ -272,7 +272,7 @@ def test_a_crashed_embedded_server_is_replaced_and_the_study_goes_on(repository:
     shutil.rmtree(log.parent)
 
 
-def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune(
+def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune_and_the_next_clears_up(
     repository: Path, tmp_path: Path
 ) -> None:
     args = [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "50",
@@ -283,12 +283,17 @@ def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune(
         time.sleep(0.2)
     started = _descendants(process.pid)
     assert {"tritonserver", "triton_python_b"} <= set(started.values()), started
+    (server,) = [pid for pid, name in started.items() if name == "tritonserver"]
+    workspace = Path(Path(f"/proc/{server}/cmdline").read_bytes().split(b"\0")[0].decode()).parents[2]
     process.kill()
     process.wait()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(_alive(pid) for pid in started):
         time.sleep(0.2)
     assert not [started[pid] for pid in started if _alive(pid)]
+    assert workspace.exists(), "a killed autotune cannot remove the server's workspace"
+    EmbeddedServer(repository).stop()
+    assert not workspace.exists(), "the next embedded server does"
 
 
 def _descendants(pid: int) -> dict[int, str]:
