@@ -470,10 +470,15 @@ def live(grid: Grid, budget: int, seed: int, extra: list[str]) -> list[str]:
     overhead = sum(t.user_attrs["reload_s"] + t.user_attrs["warmup_s"] for t in trials)
     spent = sum(t.user_attrs["reload_s"] + t.user_attrs["measure_s"] for t in trials)
     best = best_trial(study)
-    reached = grid.reached(trial_params(best), best.user_attrs["concurrency"]) if best else 0.0
+    if best is None:
+        return [f"live, {' '.join(extra) or 'defaults'}: {budget} trials, seed {seed}: no feasible trial"]
+    reached = grid.reached(trial_params(best), best.user_attrs["concurrency"])
+    key, concurrency = grid.snap(trial_params(best), best.user_attrs["concurrency"])
+    config_best = grid.best_per_config()[key] / grid.optimum()[1].throughput
     return [f"live, {' '.join(extra) or 'defaults'}: {budget} trials, seed {seed}: reached {reached:.1%} of the grid "
-            f"optimum (measured {best.value if best else 0:.0f} infer/s) in {_minutes(wall)}; reload + warm-up "
-            f"{overhead / spent:.0%} of the trials' time; {sum(not is_feasible(t) for t in trials)} infeasible"]
+            f"optimum (measured {best.value:.0f} infer/s) in {_minutes(wall)}; reload + warm-up "
+            f"{overhead / spent:.0%} of the trials' time; {sum(not is_feasible(t) for t in trials)} infeasible; "
+            f"crowned {key} at concurrency {concurrency}, whose best grid point reaches {config_best:.1%}"]
 
 
 def _runnable(strategies: tuple[Strategy, ...]) -> tuple[Strategy, ...]:
