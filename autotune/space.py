@@ -21,7 +21,7 @@ from autotune.model_config import ModelConfig, ServerParams
 # "max" forms batches as large as max_batch_size (Triton's own default when none is given);
 # "half" dispatches as soon as half a batch is queued, trading batch size for latency.
 PREFERRED_CHOICES = ("max", "half")
-# A neighbour's batcher delay lies this many steps apart over the delay's whole log range (about x4.5 by default).
+# A local step moves the batcher delay by 1 / DELAY_STEPS of its log range (x4.5 with the default bounds).
 DELAY_STEPS = 4
 
 
@@ -148,7 +148,7 @@ class SearchSpace:
 
     def neighbours(self, point: dict[str, Any], base: ModelConfig) -> list[dict[str, Any]]:
         """The points one step from ``point`` (as ``point`` returns it), each moving one setting: an instance more
-        or fewer, the next batch size up or down, a batcher delay ``DELAY_STEPS`` steps of its log range longer or
+        or fewer, the next batch size up or down, a batcher delay 1 / ``DELAY_STEPS`` of its log range longer or
         shorter, the other preferred batch size, and twice or half the concurrency where it is sampled."""
         steps: list[dict[str, Any]] = []
         for count in (point["instance_count"] + 1, point["instance_count"] - 1):
