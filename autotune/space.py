@@ -139,8 +139,8 @@ class SearchSpace:
             return point
         sizes = self.batch_sizes(base)
         batch = min(sizes, key=lambda size: abs(math.log2(size / max(params.max_batch_size, 1))))
-        half = batch > 1 and params.preferred_batch_size == (batch // 2,)
-        preferred = "half" if half and "half" in self.preferred_batch_size else self.preferred_batch_size[0]
+        wanted = "half" if batch > 1 and params.preferred_batch_size == (batch // 2,) else "max"
+        preferred = wanted if wanted in self.preferred_batch_size else self.preferred_batch_size[0]
         delays = self.max_queue_delay_microseconds
         delay = min(max(params.max_queue_delay_microseconds, delays.low // 2), delays.high)
         return {**point, "max_batch_size": batch, "max_queue_delay_microseconds": delay,

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from optuna.trial import FixedTrial
 
@@ -62,6 +62,7 @@ def test_every_sampled_setting_is_valid_for_the_model(space: SearchSpace, model_
 
 @settings(max_examples=150, deadline=None)
 @given(space=spaces(), model_max_batch=st.integers(0, 128), seed=st.integers(0, 2**16))
+@example(space=SearchSpace(preferred_batch_size=("half", "max")), model_max_batch=2, seed=1)
 def test_a_neighbour_moves_one_setting_one_step_and_stays_in_the_space(
     space: SearchSpace, model_max_batch: int, seed: int
 ) -> None:
