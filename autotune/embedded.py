@@ -43,11 +43,12 @@ def _die_with_parent() -> None:
 
 def _alive(pid: int) -> bool:
     """Whether a process with this id exists (one of another user's exists too: signalling it is refused)."""
-    with contextlib.suppress(PermissionError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
     return True
 
 
