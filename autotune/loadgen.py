@@ -9,10 +9,9 @@ cancelled as it completes. Latencies are kept exactly and percentiles taken over
 that count. A request belongs to the window in which it completes.
 
 The per-request cost is kept small: each request is serialised once before the load starts and sent as raw
-bytes on a long-lived gRPC stream without retries, so no protobuf is built or parsed and no call is set up per
-request, and the event loop is uvloop's where it exists (5 to 14 % more requests per second than asyncio's
-own, see ``benchmarks/``). Where one Python process cannot keep up with the server, ``processes`` spreads the
-requests in flight over several.
+bytes on a gRPC channel without retries, so no protobuf is built or parsed per request, and the event loop is
+uvloop's where it exists (5 to 14 % more requests per second than asyncio's own, see ``benchmarks/``). Where one
+Python process cannot keep up with the server, ``processes`` spreads the requests in flight over several.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.grpc.service_pb2 import ModelStreamInferResponse
 from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError
@@ -42,9 +40,7 @@ except ImportError:  # uvloop does not exist on Windows: asyncio's own loop does
 
 T = TypeVar("T")
 STABLE_WINDOWS = 3
-MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
-# A ModelStreamInferResponse starts with its field 1, error_message, only when the request failed.
-STREAM_ERROR = b"\x0a"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 # Retries make gRPC buffer every call; a load generator must see failures, not hide them.
 CHANNEL_OPTIONS = [("grpc.enable_retries", 0), ("grpc.max_send_message_length", -1),
                    ("grpc.max_receive_message_length", -1)]
@@ -100,17 +96,11 @@ class _Window:
 
 
 class _Load:
-    """``concurrency`` coroutines sending requests back to back; completions are kept with their end time.
-
-    Each coroutine keeps one bidirectional ``ModelStreamInfer`` stream open and sends its next request once the
-    last one is answered. Triton serves models that are not decoupled on a stream just as on ``ModelInfer``, one
-    response per request, but a request on an open stream skips grpc.aio's per-call set-up and hand-off, the
-    Python client's main cost over perf_analyzer's C++ one (see ``benchmarks/README.md``).
-    """
+    """``concurrency`` coroutines sending requests back to back; completions are kept with their end time."""
 
     def __init__(self, url: str, requests: list[bytes], concurrency: int, timeout_s: float) -> None:
         self._channel = grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
-        self._stream = self._channel.stream_stream(MODEL_STREAM_INFER)
+        self._infer = self._channel.unary_unary(MODEL_INFER)
         self._requests = requests
         self._timeout_s = timeout_s
         self._ends: list[float] = []
@@ -121,44 +111,21 @@ class _Load:
         self._tasks = [asyncio.create_task(self._send(i)) for i in range(concurrency)]
 
     async def _send(self, offset: int) -> None:
-        """Send on one stream; a stream that fails or times out is counted as an error and replaced."""
+        requests, infer, timeout = self._requests, self._infer, self._timeout_s
         step = offset
         while not self._stopping:
-            call = self._stream()
-            try:
-                step = await self._send_on(call, step)
-                await call.done_writing()
-                await call.read()  # the end of the stream: the server has finished with it, nothing to cancel
-            except grpc.aio.AioRpcError as error:
-                await self._failed(error.details() or str(error.code()))
-            except TimeoutError:
-                call.cancel()
-                await self._failed(f"no response within {self._timeout_s:g} s")
-
-    async def _send_on(self, call: grpc.aio.StreamStreamCall, step: int) -> int:
-        """Requests back to back on ``call`` until the load stops; returns where the next one would start."""
-        requests, timeout = self._requests, self._timeout_s
-        while not self._stopping:
             start = time.perf_counter()
-            async with asyncio.timeout(timeout):
-                await call.write(requests[step % len(requests)])
-                response = await call.read()
-            end = time.perf_counter()
-            if response is grpc.aio.EOF:
-                await self._failed("the server ended the stream without an answer")
-                break
-            if response[:1] == STREAM_ERROR:
-                await self._failed(ModelStreamInferResponse.FromString(response).error_message)
+            try:
+                await infer(requests[step % len(requests)], timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                self._error_ends.append(time.perf_counter())
+                self.first_error = self.first_error or error.details() or str(error.code())
+                await asyncio.sleep(0.01)  # a failing server answers at once: do not spin on it
                 continue
+            end = time.perf_counter()
             self._ends.append(end)
             self._latencies.append(end - start)
             step += 1
-        return step
-
-    async def _failed(self, message: str) -> None:
-        self._error_ends.append(time.perf_counter())
-        self.first_error = self.first_error or message
-        await asyncio.sleep(0.01)  # a failing server answers at once: do not spin on it
 
     def collect(self, until: float) -> tuple[np.ndarray, int, str]:
         """Latencies of the requests that completed by ``until`` (and are not yet collected), and errors."""
