@@ -12,6 +12,9 @@ The per-request cost is kept small: each request is serialised once before the l
 bytes on a gRPC channel without retries, so no protobuf is built or parsed per request, and the event loop is
 uvloop's where it exists (5 to 14 % more requests per second than asyncio's own, see ``benchmarks/``). Where one
 Python process cannot keep up with the server, ``processes`` spreads the requests in flight over several.
+Each request stays a unary call, as users' clients send them: one long-lived ``ModelStreamInfer`` stream per
+request slot would cost the client less, but it costs the server less too, and Triton 2.51's Python backend
+crashed under streamed load (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
