@@ -356,9 +356,8 @@ class Tuner:
         started = time.monotonic()
         warmup_s = self._warmup(reloaded)
         if self.concurrency_search == "sweep":
-            measurement, points = self._sweep(warmup_s, fill_level(params))
+            measurement, points, warmup_s = self._sweep(warmup_s, fill_level(params))
             trial.set_user_attr("sweep", points)
-            warmup_s += SETTLE_S * (len(points) - 1)
         else:
             measurement = self.loadgen.measure(concurrency, self._hopeless, warmup_s)
         trial.set_user_attr("measure_s", round(time.monotonic() - started, 3))
@@ -433,9 +432,10 @@ class Tuner:
         self._warm = True
         return SETTLE_S if warm else self.loadgen.settings.warmup_s
 
-    def _sweep(self, warmup_s: float, fill: int) -> tuple[Measurement, list[list[float]]]:
+    def _sweep(self, warmup_s: float, fill: int) -> tuple[Measurement, list[list[float]], float]:
         """Raise the concurrency through the space's powers of two, on the loaded config, while it holds the limit
-        and still gains throughput. The best feasible point stands for the trial (the first, when none is).
+        and still gains throughput. The best feasible point stands for the trial (the first, when none is); the
+        seconds spent warming up, ``warmup_s`` before the first point and a settle before each other, come with it.
 
         Below ``fill`` requests in flight a dynamic batcher cannot fill a batch and waits out its delay, so latency
         can fall and throughput jump once concurrency reaches it: the sweep does not stop before (errors aside).
@@ -444,8 +444,11 @@ class Tuner:
         first: Measurement | None = None
         best: Measurement | None = None
         points: list[list[float]] = []
+        spent = 0.0
         for concurrency in self.space.concurrency_levels():
-            measured = self.loadgen.measure(concurrency, self._hopeless, SETTLE_S if first else warmup_s)
+            settle = SETTLE_S if first else warmup_s
+            spent += settle
+            measured = self.loadgen.measure(concurrency, self._hopeless, settle)
             points.append([concurrency, round(measured.throughput, 2), round(measured.p95_ms, 3)])
             first = first or measured
             feasible = not (measured.cut_short or measured.errors or measured.p95_ms > self.max_p95_ms)
@@ -455,7 +458,7 @@ class Tuner:
             if measured.errors or (concurrency >= fill and not (feasible and gained)):
                 break
         assert first is not None, "a search space always has a concurrency"
-        return best or first, points
+        return best or first, points, spent
 
     def _hopeless(self, window: Measurement) -> bool:
         """A window with errors, or whose median request is over the limit (so its p95 is too, however noisy the
