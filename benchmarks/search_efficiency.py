@@ -502,6 +502,8 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["mlp", "wide_mlp"])
     parser.add_argument("--max-p95", default="20ms")
     parser.add_argument("--regrid", action="store_true", help="measure the grid again instead of reading its CSV")
+    parser.add_argument("--grids", type=Path, default=GRID_DIR, metavar="DIR",
+                        help="where the grids' CSVs are read and written (default: benchmarks/grid)")
     parser.add_argument("--confirm-top", type=int, default=10, metavar="N",
                         help="measure the N best configs of the grid again, to --rounds ladders each, and keep each "
                              "point's median (a grid measured on another day mixes two machine states: --regrid)")
@@ -520,7 +522,7 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", module="optuna")
     for model in args.models:
-        path = GRID_DIR / f"{model}.csv"
+        path = args.grids / f"{model}.csv"
         print(f"The grid of {model} (p95 limit {limit_ms:g} ms): measuring what {path.name} lacks ...", flush=True)
         measure_grid(model, limit_ms, path, args.regrid, args.confirm_top, args.rounds)
         grid = Grid.read(model, limit_ms, path)
