@@ -446,9 +446,9 @@ class Tuner:
         points: list[list[float]] = []
         spent = 0.0
         for concurrency in self.space.concurrency_levels():
-            settle = SETTLE_S if first else warmup_s
-            spent += settle
-            measured = self.loadgen.measure(concurrency, self._hopeless, settle)
+            point_warmup_s = SETTLE_S if first else warmup_s
+            spent += point_warmup_s
+            measured = self.loadgen.measure(concurrency, self._hopeless, point_warmup_s)
             points.append([concurrency, round(measured.throughput, 2), round(measured.p95_ms, 3)])
             first = first or measured
             feasible = not (measured.cut_short or measured.errors or measured.p95_ms > self.max_p95_ms)

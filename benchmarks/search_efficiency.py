@@ -8,8 +8,8 @@
    loaded once on the embedded server and measured at concurrency 1, 2, 4, ... 64, until p95 passes the limit
    (higher concurrency only adds latency). The 10 best configs are then measured twice more and each point keeps
    its median reading, so that the optimum is not one lucky draw. The table is cached as
-   ``benchmarks/grid/<model>.csv`` with the date it was measured; ``--regrid`` measures it again. Its best
-   feasible point is the true optimum.
+   ``benchmarks/grid/<model>.csv`` with the date it was measured (``--grids`` names another directory);
+   ``--regrid`` measures it again. Its best feasible point is the true optimum.
 2. The replay. autotune's own ``Tuner`` runs against the measured table instead of a live server: a sampled
    setting is snapped to the nearest grid value, and its measurement is the table's with multiplicative noise
    (``--noise``, log-normal; repeated measurements here spread by 0.1 to 0.2). So the search code under test is
