@@ -183,8 +183,8 @@ def optimize(
         "winner on those runs (the best single measurement is flattered by noise); 0 skips.")] = 2,
     sampler: Annotated[SamplerName, typer.Option(
         help="Optuna sampler: tpe (multivariate TPE), gp (Gaussian process; needs the gp extra, PyTorch) or "
-        "random (a yardstick). tpe and gp learn where the p95 limit holds, and take turns with steps from the "
-        "best config so far (one setting moved one step).")] = "tpe",
+        "random (a yardstick). tpe and gp learn where the p95 limit holds; after the Triton guide's batcher delay "
+        "ladder they take turns with steps from the best config so far (one setting moved one step).")] = "tpe",
     concurrency_search: Annotated[ConcurrencySearch, typer.Option(
         help="sample: concurrency is one more sampled setting. sweep: each trial raises it through powers of "
         "two on its config, without reloads, while p95 holds and throughput still grows.")] = "sweep",
@@ -405,8 +405,9 @@ def _tune(server: ModelServer, loadgen: LoadGenerator, space: SearchSpace, *, st
         if differences:
             typer.echo(f"autotune: warning: this worker's server differs from the study's: {'; '.join(differences)}."
                        " Its trials record worker_host and server_url, so they can be told apart.", err=True)
+        guided = search[0] != "random"  # random search is the yardstick: no ladder, no steps
         tuner = Tuner(study, opened, server, loadgen, space, limit_ms, worker, concurrency_search=search[1],
-                      local_steps=search[0] != "random", rng=np.random.default_rng(seed))
+                      local_steps=guided, delay_ladder=guided, rng=np.random.default_rng(seed))
         tuner.enqueue_baseline(created)
         console = Console(stderr=True, soft_wrap=True, quiet=quiet)
         console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit {limit_ms:g} ms, "

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.model_config import ModelConfig, apply, parse_pbtxt, to_pbtxt
 from autotune.study import (
     CONFIRMED_KEY,
+    DELAY_RUNG_KEY,
     SAME_AS_KEY,
     STEP_FROM_KEY,
     baseline_trial,
@@ -48,6 +49,8 @@ def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float) -> str:
         f"{attrs['errors']} errors" if attrs.get("errors") else f"over the {max_p95_ms:g} ms limit")
     if STEP_FROM_KEY in attrs:
         verdict += f", a step from trial {attrs[STEP_FROM_KEY]}"
+    if DELAY_RUNG_KEY in attrs:
+        verdict += f", the rule of thumb with a longer delay (rung {attrs[DELAY_RUNG_KEY]})"
     if SAME_AS_KEY in attrs:
         verdict += f", as trial {attrs[SAME_AS_KEY]} measured these settings"
     return (f"{head} concurrency {attrs['concurrency']:>3}: {trial.value:8.1f} infer/sec, p95 {attrs['p95_ms']:7.2f} ms"

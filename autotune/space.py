@@ -146,6 +146,14 @@ class SearchSpace:
         return {**point, "max_batch_size": batch, "max_queue_delay_microseconds": delay,
                 "preferred_batch_size": preferred}
 
+    def delay_steps(self, delay: int) -> tuple[int, int]:
+        """The batcher delays one step (1 / ``DELAY_STEPS`` of the sampled log range) longer and shorter than
+        ``delay``, within that range: at its ends a step stays where it is."""
+        delays = self.max_queue_delay_microseconds
+        low = delays.low // 2
+        factor = (delays.high / low) ** (1 / DELAY_STEPS)
+        return min(round(delay * factor), delays.high), max(round(delay / factor), low)
+
     def neighbours(self, point: dict[str, Any], base: ModelConfig) -> list[dict[str, Any]]:
         """The points one step from ``point`` (as ``point`` returns it), each moving one setting: an instance more
         or fewer, the next batch size up or down, a batcher delay 1 / ``DELAY_STEPS`` of its log range longer or
@@ -163,13 +171,9 @@ class SearchSpace:
         sizes = self.batch_sizes(base)
         index = sizes.index(point["max_batch_size"])
         steps += [{**point, "max_batch_size": sizes[i]} for i in (index + 1, index - 1) if 0 <= i < len(sizes)]
-        delays = self.max_queue_delay_microseconds
-        low = delays.low // 2
-        factor = (delays.high / low) ** (1 / DELAY_STEPS)
         delay = point["max_queue_delay_microseconds"]
-        for moved in (min(round(delay * factor), delays.high), max(round(delay / factor), low)):
-            if moved != delay:
-                steps.append({**point, "max_queue_delay_microseconds": moved})
+        steps += [{**point, "max_queue_delay_microseconds": moved} for moved in self.delay_steps(delay)
+                  if moved != delay]
         steps += [{**point, "preferred_batch_size": choice} for choice in self.preferred_batch_size
                   if choice != point["preferred_batch_size"]]
         return steps

@@ -361,6 +361,7 @@ class Strategy:
     concurrency: ConcurrencySearch = "sweep"
     knowledge: bool = True
     local: bool = True
+    ladder: bool = True
     confirm_rounds: int = 2
     pruning: bool = True
     startup: int = STARTUP_TRIALS
@@ -377,7 +378,8 @@ STRATEGIES = (
 )
 ABLATIONS = (
     Strategy("tpe, no local steps", local=False),
-    Strategy("tpe, no baseline or rule of thumb", knowledge=False),
+    Strategy("tpe, no delay ladder", ladder=False),
+    Strategy("tpe, no baseline, rule of thumb or delay ladder", knowledge=False),
     Strategy("tpe, no re-measuring of the top 3", confirm_rounds=0),
     Strategy("tpe, no pruning", pruning=False),
     Strategy("tpe, 10 random start-up trials (Optuna's default)", startup=10),
@@ -403,7 +405,8 @@ def replay(grid: Grid, strategy: Strategy, budget: int, seed: int, noise: float)
     server = ReplayServer(grid, base, clock)
     load = ReplayLoad(grid, server, clock, noise, np.random.default_rng(seed), strategy.pruning)
     tuner = Tuner(study, storage, server, load, space, grid.limit_ms,  # type: ignore[arg-type]
-                  concurrency_search=strategy.concurrency, local_steps=strategy.local, rng=np.random.default_rng(seed))
+                  concurrency_search=strategy.concurrency, local_steps=strategy.local,
+                  delay_ladder=strategy.ladder, rng=np.random.default_rng(seed))
     if strategy.knowledge:
         tuner.enqueue_baseline(created=True)
     tuner.optimize(budget)

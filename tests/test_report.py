@@ -38,4 +38,6 @@ def test_a_trials_progress_line_says_where_its_settings_came_from() -> None:
     repeat = create_trial(value=900.0, user_attrs=measured(900.0, 8.0, same_as=2), system_attrs=feasible)
     assert trial_line(step, 20, 10.0).endswith(
         "concurrency   2:   1000.0 infer/sec, p95    8.00 ms ok, a step from trial 3 [no dynamic batching, 1 instance]")
+    rung = create_trial(value=950.0, user_attrs=measured(950.0, 8.0, delay_rung=2), system_attrs=feasible)
     assert "ok, as trial 2 measured these settings [" in trial_line(repeat, 20, 10.0)
+    assert "ok, the rule of thumb with a longer delay (rung 2) [" in trial_line(rung, 20, 10.0)

@@ -19,6 +19,7 @@ from autotune.server import ModelServer
 from autotune.space import IntRange, SearchSpace
 from autotune.study import (
     CONFIRMED_KEY,
+    DELAY_RUNG_KEY,
     SAME_AS_KEY,
     SETTLE_S,
     STEP_FROM_KEY,
@@ -327,6 +328,38 @@ def test_the_samplers_trials_and_steps_from_the_best_config_take_turns(tuner_for
         assert len([key for key, value in BATCHES_OF_8.items() if trials[step].params[key] != value]) == 1
         assert trial_params(trials[step]) not in {trial_params(t) for t in trials[:step]}, "a step goes somewhere new"
     assert not tuner.study.get_trials(states=(TrialState.WAITING,)), "no step is queued past the budget"
+
+
+@dataclass
+class ReadingsLoad:
+    """(throughput, p95 ms) readings handed out in order, one per measured point."""
+
+    readings: list[tuple[float, float]]
+    settings: LoadSettings = QUICK
+
+    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None) -> Measurement:
+        throughput, p95 = self.readings.pop(0)
+        return Measurement(concurrency, throughput, p95 / 2, p95, p95, p95, requests=100, errors=0, windows=3,
+                           stable=True)
+
+
+@pytest.mark.parametrize("last_rung", [pytest.param((800.0, 10.0), id="under-3/4-of-the-best-rung"),
+                                       pytest.param((1300.0, 25.0), id="over-the-limit")])
+def test_the_rule_of_thumbs_delay_climbs_a_step_a_trial_until_a_rung_is_clearly_worse_then_steps_begin(
+    tuner_for: Callable[..., Tuner], last_rung: tuple[float, float]
+) -> None:
+    tuner = tuner_for("mlp")
+    tuner.max_p95_ms = 20.0
+    # The baseline, the rule of thumb, two rungs (the first a dip within the noise, the second a new best), the last.
+    tuner.loadgen = ReadingsLoad([(100.0, 5.0), (1000.0, 10.0), (900.0, 10.0), (1200.0, 12.0), last_rung,  # type: ignore[assignment]
+                                  (500.0, 5.0)])
+    tuner.enqueue_baseline(created=True)
+    tuner.optimize(6)
+    trials = tuner.study.trials
+    assert [t.user_attrs.get(DELAY_RUNG_KEY) for t in trials] == [None, None, 1, 2, 3, None]
+    # A quarter of the delay's log range (50 us to 20 ms) a rung: x 4.47.
+    assert [trial_params(t).max_queue_delay_microseconds for t in trials[1:5]] == [100, 447, 1999, 8940]
+    assert trials[5].user_attrs[STEP_FROM_KEY] == 3, "once the ladder ends, steps start from the best config"
 
 
 def test_the_gp_sampler_without_its_extra_is_an_error_that_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
