@@ -53,14 +53,18 @@ def test_two_workers_share_the_budget_of_one_study(
 
     trials = load(shared_storage, study_name).trials
     finished = [t for t in trials if t.state.is_finished()]
-    # Measured, whether to the end or pruned as hopeless after a window.
     outcomes = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in finished]
-    assert len(finished) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in finished), outcomes
-    assert len({t.number for t in finished}) == 6
+    # A trial that a crash of an embedded server took down (Triton 2.51's Python backend, now and then) is failed
+    # without a reason of its own: it does not count, and its worker restarts its server and goes on.
+    # The rest were measured, whether to the end or pruned as hopeless after a window.
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or "fail_reason" not in t.user_attrs
+               for t in finished), outcomes
+    counted = [t for t in finished if counts_toward_total(t)]
+    assert len(counted) == 6, outcomes
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert all({"throughput", "p95_ms", "config", "server_url"} <= set(t.user_attrs) for t in finished)
-    assert {t.user_attrs["gpu"] for t in finished} == {"a", "b"}, "both workers should have measured trials"
-    assert sum(bool(t.user_attrs.get("baseline")) for t in finished) == 1
+    assert all({"throughput", "p95_ms", "config", "server_url"} <= set(t.user_attrs) for t in counted)
+    assert {t.user_attrs["gpu"] for t in counted} == {"a", "b"}, "both workers should have measured trials"
+    assert sum(bool(t.user_attrs.get("baseline")) for t in counted) == 1
 
 
 def test_a_killed_workers_trial_fails_and_its_parameters_are_retried(
