@@ -32,7 +32,8 @@ def autotune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def finished(triton: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """A study of mlp with trials on both sides of a tight limit: (storage URL, working folder).
 
-    Concurrency is sampled rather than swept, so that some trials land past the limit.
+    Concurrency is sampled rather than swept, and settings at random (no delay ladder, no steps from the best), so
+    that some trials land past the limit.
     """
     folder = tmp_path_factory.mktemp("inspect")
     (folder / "space.yaml").write_text("concurrency: {low: 1, high: 32}\ninstance_count: {low: 1, high: 2}\n")
@@ -40,7 +41,7 @@ def finished(triton: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -
     result = autotune("optimize", "--max-p95", f"{LIMIT_MS:g}ms", "--trials", "6", "--url", triton.url,
                       "--storage", storage, "--study", STUDY, "--space", "space.yaml", "--seed", "11",
                       "--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3", "--concurrency-search", "sample",
-                      cwd=folder)
+                      "--sampler", "random", cwd=folder)
     assert result.returncode == 0, result.stderr
     return storage, folder
 
