@@ -418,7 +418,7 @@ class Tuner:
         if longer == delay:
             return False
         self.study.enqueue_trial({**last.params, "max_queue_delay_microseconds": longer},
-                                 user_attrs={DELAY_RUNG_KEY: len(rungs)})
+                                 user_attrs={DELAY_RUNG_KEY: last.user_attrs.get(DELAY_RUNG_KEY, 0) + 1})
         return True
 
     def _queue_local_step(self) -> None:

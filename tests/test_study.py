@@ -235,9 +235,13 @@ class ScriptedLoad:
     settings: LoadSettings = QUICK
 
     def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None) -> Measurement:
-        throughput, p95 = self.figures[concurrency]
-        return Measurement(concurrency, throughput, p95 / 2, p95, p95, p95, requests=100, errors=0, windows=3,
-                           stable=True)
+        return reading(concurrency, *self.figures[concurrency])
+
+
+def reading(concurrency: int, throughput: float, p95_ms: float) -> Measurement:
+    """A clean, settled measurement with these figures."""
+    return Measurement(concurrency, throughput, p95_ms / 2, p95_ms, p95_ms, p95_ms, requests=100, errors=0, windows=3,
+                       stable=True)
 
 
 NO_BATCHING = {"instance_count": 1, "dynamic_batching": False}
@@ -338,9 +342,7 @@ class ReadingsLoad:
     settings: LoadSettings = QUICK
 
     def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None) -> Measurement:
-        throughput, p95 = self.readings.pop(0)
-        return Measurement(concurrency, throughput, p95 / 2, p95, p95, p95, requests=100, errors=0, windows=3,
-                           stable=True)
+        return reading(concurrency, *self.readings.pop(0))
 
 
 @pytest.mark.parametrize("last_rung", [pytest.param((800.0, 10.0), id="under-3/4-of-the-best-rung"),
