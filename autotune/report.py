@@ -47,6 +47,10 @@ def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float) -> str:
         return f"{head} {trial.state.name.lower()}: {reason} [{settings}]"
     verdict = "ok" if is_feasible(trial) else (
         f"{attrs['errors']} errors" if attrs.get("errors") else f"over the {max_p95_ms:g} ms limit")
+    if attrs.get("baseline"):
+        verdict += ", the baseline (the model as configured)"
+    if attrs.get("rule_of_thumb"):
+        verdict += ", the Triton guide's rule of thumb"
     if STEP_FROM_KEY in attrs:
         verdict += f", a step from trial {attrs[STEP_FROM_KEY]}"
     if DELAY_RUNG_KEY in attrs:

@@ -250,17 +250,20 @@ class Tuner:
 
     def _enqueue_rule_of_thumb(self) -> None:
         """The Triton guide's starting point: dynamic batching up to the model's largest batch, the shortest
-        delay, and concurrency 2 x max_batch_size x instances, so the batcher always has a batch to form."""
+        delay, the fewest instances, and concurrency 2 x max_batch_size x instances, so the batcher always has a
+        batch to form."""
+        if (rule := self._rule_of_thumb(self.space.instance_count.low)) is not None:
+            self.study.enqueue_trial(rule, user_attrs={"rule_of_thumb": True})
+
+    def _rule_of_thumb(self, instances: int) -> dict[str, object] | None:
+        """The rule of thumb's sampled values with this many instances; None where the model cannot batch."""
         sizes = self.space.batch_sizes(self.base)
         if self.base.max_batch_size == 0 or True not in self.space.dynamic_batching or not sizes:
-            return
-        instances = self.space.instance_count.low
-        self.study.enqueue_trial({
-            "instance_count": instances, "dynamic_batching": True, "max_batch_size": sizes[-1],
-            "max_queue_delay_microseconds": self.space.max_queue_delay_microseconds.low,
-            "preferred_batch_size": self.space.preferred_batch_size[0],
-            "concurrency": self.space.clamp_concurrency(2 * sizes[-1] * instances),
-        }, user_attrs={"rule_of_thumb": True})
+            return None
+        return {"instance_count": instances, "dynamic_batching": True, "max_batch_size": sizes[-1],
+                "max_queue_delay_microseconds": self.space.max_queue_delay_microseconds.low,
+                "preferred_batch_size": self.space.preferred_batch_size[0],
+                "concurrency": self.space.clamp_concurrency(2 * sizes[-1] * instances)}
 
     def optimize(
         self,
@@ -396,30 +399,46 @@ class Tuner:
             self._queue_local_step()
 
     def _queue_delay_rung(self) -> bool:
-        """Queue the rule of thumb with its batcher delay one step longer than the last rung's, while the ladder
-        climbs; say whether a rung was queued.
+        """Queue the next trial of the Triton guide's recipe for the dynamic batcher while it lasts; say whether one
+        was queued.
 
-        This is the Triton guide's recommended process for the dynamic batcher: once the default batcher holds the
-        latency budget, "try increasing delay values until the latency budget is exceeded". The ladder ends at a
-        rung that breaks the limit or reads under ``RUNG_KEEPS`` of the best rung, or at the space's longest
-        delay. Local steps wait until it has ended. Throughput need not rise or fall steadily with the delay (on a
-        demo model's grid a short delay read less than no delay and than a longer one), so the ladder walks
-        through a dip that would end a climb by local steps, and tries the long delays that TPE seldom reaches in
-        a budget of tens of trials.
+        Once the rule of thumb (with the fewest instances) has run, it is tried with the most instances too: the
+        guide tries the batcher and instances alone, then together, since their best settings interact (on a demo
+        model's grid the long delays that lose with one instance win with three). Each starts a delay ladder, the
+        guide's "try increasing delay values until the latency budget is exceeded": a rung is the ladder's last
+        rung with the batcher delay one step longer. A ladder ends at a rung that breaks the limit or reads under
+        ``RUNG_KEEPS`` of its best rung, or at the space's longest delay; the one with fewer instances climbs first,
+        and local steps wait until both have ended. Throughput need not rise or fall steadily with the delay (on a
+        demo model's grid a short delay read less than no delay and than a longer one), so a ladder walks through a
+        dip that would end a climb by local steps, and tries the long delays that TPE seldom reaches in a budget of
+        tens of trials.
         """
         trials = self.study.get_trials(deepcopy=False)
         rungs = [t for t in trials if t.user_attrs.get("rule_of_thumb") or DELAY_RUNG_KEY in t.user_attrs]
-        if not rungs or not all(t.state.is_finished() for t in rungs) or not is_feasible(last := rungs[-1]):
+        if not rungs or not all(t.state.is_finished() for t in rungs):
             return False
-        if last.value < RUNG_KEEPS * max(t.value for t in rungs if is_feasible(t)):
-            return False
+        ladders: dict[int, list[FrozenTrial]] = {}
+        for rung in rungs:
+            ladders.setdefault(rung.params["instance_count"], []).append(rung)
+        most = self.space.instance_count.high
+        if most not in ladders and (rule := self._rule_of_thumb(most)) is not None:
+            self.study.enqueue_trial(rule, user_attrs={"rule_of_thumb": True})
+            return True
+        for _, ladder in sorted(ladders.items()):
+            if (params := self._next_rung(ladder)) is not None:
+                self.study.enqueue_trial(params, user_attrs={DELAY_RUNG_KEY: ladder[-1].user_attrs.get(
+                    DELAY_RUNG_KEY, 0) + 1})
+                return True
+        return False
+
+    def _next_rung(self, ladder: list[FrozenTrial]) -> dict[str, object] | None:
+        """The sampled values of a ladder's next rung, or None where the ladder has ended."""
+        last = ladder[-1]
+        if not is_feasible(last) or last.value < RUNG_KEEPS * max(t.value for t in ladder if is_feasible(t)):
+            return None
         delay = last.params["max_queue_delay_microseconds"]
         longer, _ = self.space.delay_steps(delay)
-        if longer == delay:
-            return False
-        self.study.enqueue_trial({**last.params, "max_queue_delay_microseconds": longer},
-                                 user_attrs={DELAY_RUNG_KEY: last.user_attrs.get(DELAY_RUNG_KEY, 0) + 1})
-        return True
+        return None if longer == delay else {**last.params, "max_queue_delay_microseconds": longer}
 
     def _queue_local_step(self) -> None:
         """Queue one step from the best feasible config: one setting moved one step (``SearchSpace.neighbours``),

@@ -41,3 +41,7 @@ def test_a_trials_progress_line_says_where_its_settings_came_from() -> None:
     rung = create_trial(value=950.0, user_attrs=measured(950.0, 8.0, delay_rung=2), system_attrs=feasible)
     assert "ok, as trial 2 measured these settings [" in trial_line(repeat, 20, 10.0)
     assert "ok, the rule of thumb with a longer delay (rung 2) [" in trial_line(rung, 20, 10.0)
+    baseline = create_trial(value=500.0, user_attrs=measured(500.0, 4.0, baseline=True), system_attrs=feasible)
+    rule = create_trial(value=800.0, user_attrs=measured(800.0, 8.0, rule_of_thumb=True), system_attrs=feasible)
+    assert "ok, the baseline (the model as configured) [" in trial_line(baseline, 20, 10.0)
+    assert "ok, the Triton guide's rule of thumb [" in trial_line(rule, 20, 10.0)

@@ -156,16 +156,21 @@ def test_a_window_without_replies_condemns_nothing_but_errors_do(tuner_for: Call
     assert tuner._hopeless(replace(empty, requests=5, p50_ms=tuner.max_p95_ms + 1))
 
 
-def test_the_first_trials_are_the_baseline_and_the_guides_rule_of_thumb(tuner_for: Callable[..., Tuner]) -> None:
+def test_the_first_trials_are_the_baseline_and_the_guides_rule_of_thumb_with_the_fewest_and_most_instances(
+    tuner_for: Callable[..., Tuner],
+) -> None:
     tuner = tuner_for("mlp")
+    tuner.space = replace(tuner.space, instance_count=IntRange(1, 2), concurrency=IntRange(1, 128))
     tuner.enqueue_baseline(created=True)
-    tuner.optimize(2)
-    baseline, rule = tuner.study.trials
-    assert baseline.user_attrs["baseline"] and rule.user_attrs["rule_of_thumb"]
-    # Dynamic batching up to mlp's max_batch_size 32, one instance, concurrency 2 x 32 x 1 = 64.
-    assert rule.user_attrs["config"] == {"dynamic_batching": True, "max_batch_size": 32, "instance_count": 1,
-                                         "max_queue_delay_microseconds": 100, "preferred_batch_size": [32]}
-    assert rule.params["concurrency"] == 64
+    tuner.optimize(3)
+    baseline, *rules = tuner.study.trials
+    assert baseline.user_attrs["baseline"] and all(rule.user_attrs["rule_of_thumb"] for rule in rules)
+    # Dynamic batching up to mlp's max_batch_size 32, one instance then two, concurrency 2 x 32 x instances.
+    for rule, instances in zip(rules, (1, 2), strict=True):
+        assert rule.user_attrs["config"] == {"dynamic_batching": True, "max_batch_size": 32,
+                                             "instance_count": instances, "max_queue_delay_microseconds": 100,
+                                             "preferred_batch_size": [32]}
+    assert [rule.params["concurrency"] for rule in rules] == [64, 128]
 
 
 def test_confirm_measures_the_top_trials_again_and_crowns_the_winner(tuner_for: Callable[..., Tuner]) -> None:
@@ -347,21 +352,27 @@ class ReadingsLoad:
 
 @pytest.mark.parametrize("last_rung", [pytest.param((800.0, 10.0), id="under-3/4-of-the-best-rung"),
                                        pytest.param((1300.0, 25.0), id="over-the-limit")])
-def test_the_rule_of_thumbs_delay_climbs_a_step_a_trial_until_a_rung_is_clearly_worse_then_steps_begin(
+def test_each_rule_of_thumbs_delay_climbs_a_step_a_trial_until_a_rung_is_clearly_worse_then_steps_begin(
     tuner_for: Callable[..., Tuner], last_rung: tuple[float, float]
 ) -> None:
     tuner = tuner_for("mlp")
     tuner.max_p95_ms = 20.0
-    # The baseline, the rule of thumb, two rungs (the first a dip within the noise, the second a new best), the last.
-    tuner.loadgen = ReadingsLoad([(100.0, 5.0), (1000.0, 10.0), (900.0, 10.0), (1200.0, 12.0), last_rung,  # type: ignore[assignment]
-                                  (500.0, 5.0)])
+    tuner.space = replace(tuner.space, instance_count=IntRange(1, 2))
+    tuner.loadgen = ReadingsLoad([  # type: ignore[assignment]
+        (100.0, 5.0),  # the baseline
+        (1000.0, 10.0), (600.0, 10.0),  # the rule of thumb with 1 instance, and with 2
+        (900.0, 10.0), (1200.0, 12.0), last_rung,  # 1 instance: a dip within the noise, a new best, the last rung
+        (700.0, 10.0), (400.0, 10.0),  # 2 instances: a rung that climbs on, then one clearly worse
+        (500.0, 5.0)])
     tuner.enqueue_baseline(created=True)
-    tuner.optimize(6)
+    tuner.optimize(9)
     trials = tuner.study.trials
-    assert [t.user_attrs.get(DELAY_RUNG_KEY) for t in trials] == [None, None, 1, 2, 3, None]
+    assert [t.user_attrs.get(DELAY_RUNG_KEY) for t in trials] == [None, None, None, 1, 2, 3, 1, 2, None]
+    assert [trial_params(t).instance_count for t in trials[1:8]] == [1, 2, 1, 1, 1, 2, 2]
     # A quarter of the delay's log range (50 us to 20 ms) a rung: x 4.47.
-    assert [trial_params(t).max_queue_delay_microseconds for t in trials[1:5]] == [100, 447, 1999, 8940]
-    assert trials[5].user_attrs[STEP_FROM_KEY] == 3, "once the ladder ends, steps start from the best config"
+    assert [trial_params(t).max_queue_delay_microseconds for t in trials[1:8]] == [100, 100, 447, 1999, 8940,
+                                                                                  447, 1999]
+    assert trials[8].user_attrs[STEP_FROM_KEY] == 4, "once the ladders end, steps start from the best config"
 
 
 def test_the_gp_sampler_without_its_extra_is_an_error_that_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
