@@ -183,8 +183,9 @@ def optimize(
         "winner on those runs (the best single measurement is flattered by noise); 0 skips.")] = 2,
     sampler: Annotated[SamplerName, typer.Option(
         help="Optuna sampler: tpe (multivariate TPE), gp (Gaussian process; needs the gp extra, PyTorch) or "
-        "random (a yardstick). tpe and gp learn where the p95 limit holds; after the Triton guide's batcher delay "
-        "ladder they take turns with steps from the best config so far (one setting moved one step).")] = "tpe",
+        "random (a yardstick). tpe and gp learn where the p95 limit holds; after the Triton guide's rule of thumb "
+        "and its batcher delay ladders (with the fewest and the most instances) they take turns with steps from "
+        "the best config so far (one setting moved one step).")] = "tpe",
     concurrency_search: Annotated[ConcurrencySearch, typer.Option(
         help="sample: concurrency is one more sampled setting. sweep: each trial raises it through powers of "
         "two on its config, without reloads, while p95 holds and throughput still grows.")] = "sweep",
