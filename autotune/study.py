@@ -3,8 +3,9 @@
 One trial asks the search space for server settings and a concurrency, has the server load them, measures
 with the load generator and records everything as user attributes. The p95 limit and request errors are
 constraints that the sampler honours, not a filter applied afterwards. The first trials follow the Triton guide
-(the baseline, the rule of thumb, then its batcher delay raised step by step); after them the sampler's trials take
-turns with local steps, which try the untried neighbours of the best config so far.
+(the baseline, the rule of thumb with the fewest and with the most instances, then each one's batcher delay raised
+step by step); after them the sampler's trials take turns with local steps, which try the untried neighbours of the
+best config so far.
 """
 
 from __future__ import annotations
@@ -419,7 +420,8 @@ class Tuner:
             return False
         ladders: dict[int, list[FrozenTrial]] = {}
         for rung in rungs:
-            ladders.setdefault(rung.params["instance_count"], []).append(rung)
+            if "instance_count" in rung.params:  # not a trial interrupted before it was given settings
+                ladders.setdefault(rung.params["instance_count"], []).append(rung)
         most = self.space.instance_count.high
         if most not in ladders and (rule := self._rule_of_thumb(most)) is not None:
             self.study.enqueue_trial(rule, user_attrs={"rule_of_thumb": True})

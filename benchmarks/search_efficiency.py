@@ -13,10 +13,11 @@
 2. The replay. autotune's own ``Tuner`` runs against the measured table instead of a live server: a sampled
    setting is snapped to the nearest grid value, and its measurement is the table's with multiplicative noise
    (``--noise``, log-normal; repeated measurements here spread by 0.1 to 0.2). So the search code under test is
-   exactly autotune's (enqueued baseline and rule of thumb, local steps, pruning, the sweep, re-measuring the top
-   3), and 3 seeds x 3 budgets x every strategy take seconds instead of hours. A run's result is the table's (noise
-   free) throughput of the config it crowns, as a share of the optimum; its wall time is what the same trials
-   cost live: the table's reload time where the config changed, plus autotune's default warm-up and windows.
+   exactly autotune's (enqueued baseline and rules of thumb, delay ladders, local steps, pruning, the sweep,
+   re-measuring the top 3), and 3 seeds x 3 budgets x every strategy take seconds instead of hours. A run's result
+   is the table's (noise free) throughput of the config it crowns, as a share of the optimum; its wall time is what
+   the same trials cost live: the table's reload time where the config changed, plus autotune's default warm-up
+   and windows.
 3. ``--live`` runs autotune for real (budget 20, default strategy) once per model, to check the replay and to
    read off how much of a trial's wall time goes to reloading and warming up.
 """
@@ -378,8 +379,8 @@ STRATEGIES = (
 )
 ABLATIONS = (
     Strategy("tpe, no local steps", local=False),
-    Strategy("tpe, no delay ladder", ladder=False),
-    Strategy("tpe, no baseline, rule of thumb or delay ladder", knowledge=False),
+    Strategy("tpe, no ladders or second rule of thumb", ladder=False),
+    Strategy("tpe, no baseline, rules of thumb or ladders", knowledge=False),
     Strategy("tpe, no re-measuring of the top 3", confirm_rounds=0),
     Strategy("tpe, no pruning", pruning=False),
     Strategy("tpe, 10 random start-up trials (Optuna's default)", startup=10),
