@@ -364,12 +364,12 @@ class Tuner:
             trial.set_user_attr("reload_s", round(time.monotonic() - started, 3))
         before = self.server.statistics()
         started = time.monotonic()
-        warmup_s = self._warmup(reloaded)
-        if self.concurrency_search == "sweep":
-            measurement, points, warmup_s = self._sweep(warmup_s, fill_level(params))
-            trial.set_user_attr("sweep", points)
-        else:
-            measurement = self.loadgen.measure(concurrency, self._hopeless, warmup_s)
+        measurement, warmup_s = self._measure(trial, params, concurrency, self._warmup(reloaded))
+        if measurement.requests == measurement.errors == 0:
+            # A freshly loaded model's first replies can stall past the warm-up on a busy machine (another server
+            # loading beside it): once more, fully warmed up, tells a stall from a model that never answers.
+            measurement, again_s = self._measure(trial, params, concurrency, self.loadgen.settings.warmup_s)
+            warmup_s += again_s
         trial.set_user_attr("measure_s", round(time.monotonic() - started, 3))
         trial.set_user_attr("warmup_s", round(warmup_s, 3))
         _record(trial, measurement, before, self.server.statistics())
@@ -490,6 +490,16 @@ class Tuner:
         warm = self._warm and not reloaded
         self._warm = True
         return SETTLE_S if warm else self.loadgen.settings.warmup_s
+
+    def _measure(self, trial: optuna.Trial, params: ServerParams, concurrency: int | None,
+                 warmup_s: float) -> tuple[Measurement, float]:
+        """The trial's measurement, at its concurrency or swept (the sweep's points go on the trial), and the
+        seconds spent warming up for it."""
+        if concurrency is not None:
+            return self.loadgen.measure(concurrency, self._hopeless, warmup_s), warmup_s
+        measurement, points, spent = self._sweep(warmup_s, fill_level(params))
+        trial.set_user_attr("sweep", points)
+        return measurement, spent
 
     def _sweep(self, warmup_s: float, fill: int) -> tuple[Measurement, list[list[float]], float]:
         """Raise the concurrency through the space's powers of two, on the loaded config, while it holds the limit

@@ -244,9 +244,9 @@ class ScriptedLoad:
 
 
 def reading(concurrency: int, throughput: float, p95_ms: float) -> Measurement:
-    """A clean, settled measurement with these figures."""
-    return Measurement(concurrency, throughput, p95_ms / 2, p95_ms, p95_ms, p95_ms, requests=100, errors=0, windows=3,
-                       stable=True)
+    """A clean, settled measurement with these figures; no throughput is a point without a single reply."""
+    return Measurement(concurrency, throughput, p95_ms / 2, p95_ms, p95_ms, p95_ms, requests=100 if throughput else 0,
+                       errors=0, windows=3, stable=bool(throughput))
 
 
 NO_BATCHING = {"instance_count": 1, "dynamic_batching": False}
@@ -373,6 +373,28 @@ def test_each_rule_of_thumbs_delay_climbs_a_step_a_trial_until_a_rung_is_clearly
     assert [trial_params(t).max_queue_delay_microseconds for t in trials[1:8]] == [100, 100, 447, 1999, 8940,
                                                                                   447, 1999]
     assert trials[8].user_attrs[STEP_FROM_KEY] == 4, "once the ladders end, steps start from the best config"
+
+
+NO_REPLY = (0.0, math.inf)
+
+
+@pytest.mark.parametrize(("readings", "state"), [
+    pytest.param([NO_REPLY, (1000.0, 10.0)], TrialState.COMPLETE, id="a-stall"),
+    pytest.param([NO_REPLY, NO_REPLY], TrialState.FAIL, id="a-model-that-never-answers"),
+])
+def test_a_point_without_a_single_reply_is_measured_once_more_fully_warmed_up_before_the_trial_fails(
+    tuner_for: Callable[..., Tuner], readings: list[tuple[float, float]], state: TrialState
+) -> None:
+    tuner = tuner_for("mlp")
+    tuner.loadgen = ReadingsLoad(readings)  # type: ignore[assignment]
+    tuner.study.enqueue_trial({**NO_BATCHING, "concurrency": 2})
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
+    assert trial.state == state
+    assert not tuner.loadgen.readings, "both readings were taken"
+    assert trial.user_attrs["warmup_s"] == pytest.approx(2 * QUICK.warmup_s)
+    if state == TrialState.FAIL:
+        assert trial.user_attrs["fail_reason"] == "no request succeeded: no reply within the window"
 
 
 def test_the_gp_sampler_without_its_extra_is_an_error_that_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
