@@ -382,7 +382,7 @@ NO_REPLY = (0.0, math.inf)
     pytest.param([NO_REPLY, (1000.0, 10.0)], TrialState.COMPLETE, id="a-stall"),
     pytest.param([NO_REPLY, NO_REPLY], TrialState.FAIL, id="a-model-that-never-answers"),
 ])
-def test_a_point_without_a_single_reply_is_measured_once_more_fully_warmed_up_before_the_trial_fails(
+def test_a_trial_without_a_single_reply_is_measured_once_more_fully_warmed_up_before_it_fails(
     tuner_for: Callable[..., Tuner], readings: list[tuple[float, float]], state: TrialState
 ) -> None:
     tuner = tuner_for("mlp")
