@@ -12,8 +12,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.model_config import ModelConfig, apply, parse_pbtxt, to_pbtxt
 from autotune.study import (
+    BASELINE_KEY,
     CONFIRMED_KEY,
     DELAY_RUNG_KEY,
+    RULE_OF_THUMB_KEY,
     SAME_AS_KEY,
     STEP_FROM_KEY,
     baseline_trial,
@@ -47,9 +49,9 @@ def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float) -> str:
         return f"{head} {trial.state.name.lower()}: {reason} [{settings}]"
     verdict = "ok" if is_feasible(trial) else (
         f"{attrs['errors']} errors" if attrs.get("errors") else f"over the {max_p95_ms:g} ms limit")
-    if attrs.get("baseline"):
+    if attrs.get(BASELINE_KEY):
         verdict += ", the baseline (the model as configured)"
-    if attrs.get("rule_of_thumb"):
+    if attrs.get(RULE_OF_THUMB_KEY):
         verdict += ", the Triton guide's rule of thumb"
     if STEP_FROM_KEY in attrs:
         verdict += f", a step from trial {attrs[STEP_FROM_KEY]}"

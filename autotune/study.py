@@ -39,6 +39,10 @@ CONFIRM_TOP = 3
 CONFIRMED_KEY = "confirmed"
 # A trial whose settings an earlier trial already measured is answered from that one: this key names it.
 SAME_AS_KEY = "same_as"
+# The model as configured, the study's first trial: where tuning started.
+BASELINE_KEY = "baseline"
+# The Triton guide's rule of thumb (dynamic batching at the model's largest batch), where a delay ladder starts.
+RULE_OF_THUMB_KEY = "rule_of_thumb"
 # A local step's trial: the best trial it stepped from.
 STEP_FROM_KEY = "step_from"
 # A rung of the delay ladder: the rule of thumb with its batcher delay this many steps longer.
@@ -166,7 +170,7 @@ def is_feasible(trial: FrozenTrial) -> bool:
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
     """The measured baseline, pruned ones included: a baseline over the limit still says where tuning started."""
     measured = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return next((t for t in measured if t.user_attrs.get("baseline")), None)
+    return next((t for t in measured if t.user_attrs.get(BASELINE_KEY)), None)
 
 
 def top_feasible(study: optuna.Study, n: int) -> list[FrozenTrial]:
@@ -238,14 +242,14 @@ class Tuner:
         do not each add one.
         """
         if not created:
-            baselines = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
+            baselines = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get(BASELINE_KEY)]
             pending = (TrialState.WAITING, TrialState.RUNNING)
             if not baselines or any(counts_toward_total(t) or t.state in pending for t in baselines):
                 return
         params = params_of(self.base)
         batch = params.max_batch_size if params.dynamic_batching else 1
         concurrency = self.space.clamp_concurrency(2 * batch * params.instance_count)
-        self.study.enqueue_trial({"concurrency": concurrency}, user_attrs={"baseline": True})
+        self.study.enqueue_trial({"concurrency": concurrency}, user_attrs={BASELINE_KEY: True})
         if created:
             self._enqueue_rule_of_thumb()
 
@@ -254,7 +258,7 @@ class Tuner:
         delay, the fewest instances, and concurrency 2 x max_batch_size x instances, so the batcher always has a
         batch to form."""
         if (rule := self._rule_of_thumb(self.space.instance_count.low)) is not None:
-            self.study.enqueue_trial(rule, user_attrs={"rule_of_thumb": True})
+            self.study.enqueue_trial(rule, user_attrs={RULE_OF_THUMB_KEY: True})
 
     def _rule_of_thumb(self, instances: int) -> dict[str, object] | None:
         """The rule of thumb's sampled values with this many instances; None where the model cannot batch."""
@@ -342,7 +346,7 @@ class Tuner:
         return self.study.tell(trial, value)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        if trial.user_attrs.get("baseline"):
+        if trial.user_attrs.get(BASELINE_KEY):
             params, config = params_of(self.base), self.base
         else:
             params = self.space.suggest(trial, self.base)
@@ -351,7 +355,7 @@ class Tuner:
         for key, value in self.worker.items():
             trial.set_user_attr(key, value)
         concurrency = self.space.suggest_concurrency(trial) if self.concurrency_search == "sample" else None
-        twin = None if trial.user_attrs.get("baseline") else self._measured_twin(params, concurrency)
+        twin = None if trial.user_attrs.get(BASELINE_KEY) else self._measured_twin(params, concurrency)
         if twin is not None:
             return _answer_from(trial, twin)
         started = time.monotonic()
@@ -379,7 +383,7 @@ class Tuner:
             raise TrialFailed(reason)
         constraints = [measurement.p95_ms - self.max_p95_ms, float(measurement.errors)]
         _set_constraints(trial, constraints)
-        if trial.user_attrs.get("baseline"):
+        if trial.user_attrs.get(BASELINE_KEY):
             trial.study.set_user_attr("baseline", {
                 "trial": trial.number, "throughput": round(measurement.throughput, 2),
                 "p95_ms": round(measurement.p95_ms, 3), "concurrency": measurement.concurrency,
@@ -415,7 +419,7 @@ class Tuner:
         tens of trials.
         """
         trials = self.study.get_trials(deepcopy=False)
-        rungs = [t for t in trials if t.user_attrs.get("rule_of_thumb") or DELAY_RUNG_KEY in t.user_attrs]
+        rungs = [t for t in trials if t.user_attrs.get(RULE_OF_THUMB_KEY) or DELAY_RUNG_KEY in t.user_attrs]
         if not rungs or not all(t.state.is_finished() for t in rungs):
             return False
         ladders: dict[int, list[FrozenTrial]] = {}
@@ -424,7 +428,7 @@ class Tuner:
                 ladders.setdefault(rung.params["instance_count"], []).append(rung)
         most = self.space.instance_count.high
         if most not in ladders and (rule := self._rule_of_thumb(most)) is not None:
-            self.study.enqueue_trial(rule, user_attrs={"rule_of_thumb": True})
+            self.study.enqueue_trial(rule, user_attrs={RULE_OF_THUMB_KEY: True})
             return True
         for _, ladder in sorted(ladders.items()):
             if (params := self._next_rung(ladder)) is not None:
