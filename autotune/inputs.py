@@ -80,7 +80,7 @@ def _random_step(specs: list[TensorSpec], shapes: Mapping[str, tuple[int, ...]])
                 f"input {tensor.name} has dynamic shape {list(tensor.shape)}: give its size with "
                 f"--shape {tensor.name}:{','.join('3' if d < 0 else str(d) for d in tensor.shape)} "
                 "or real data with --input-data FILE")
-        if len(shape) != len(tensor.shape) or any(0 <= d != s for d, s in zip(tensor.shape, shape, strict=True)):
+        if not _fits(tensor, shape):
             raise AutotuneError(f"--shape {tensor.name}:{','.join(map(str, shape))} does not fit the model's "
                                 f"shape {list(tensor.shape)}")
         step[tensor.name] = _random_array(tensor.datatype, shape, rng)
@@ -126,22 +126,38 @@ def _json_array(path: Path, specs: list[TensorSpec], name: str, value: Any) -> n
         raise AutotuneError(f"--input-data {path}: the model has no input {name!r}")
     shape = tensor.shape
     if isinstance(value, dict):
-        shape = tuple(value.get("shape", shape))
-        if "b64" in value:
-            dtype = np.dtype(triton_to_np_dtype(tensor.datatype))
-            return np.frombuffer(base64.b64decode(value["b64"]), dtype=dtype).reshape(shape)
-        value = value.get("content")
+        shape = value.get("shape", shape)
+        if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise AutotuneError(f"--input-data {path}: input {name} has shape {shape!r}; expected a list of sizes")
     if any(d < 0 for d in shape):
         raise AutotuneError(f'--input-data {path}: input {name} has a dynamic shape; give "shape" with its content')
+    if isinstance(value, dict):
+        if "b64" in value:
+            return _b64_array(path, tensor, tuple(shape), value["b64"])
+        if "content" not in value:
+            raise AutotuneError(f'--input-data {path}: input {name} needs "content" or "b64"')
+        value = value["content"]
     flat = np.array(list(_flatten(value)), dtype=np.object_ if tensor.datatype == "BYTES" else None)
-    if tensor.datatype == "BYTES":
-        flat = np.array([v.encode() if isinstance(v, str) else v for v in flat], dtype=np.object_)
-    else:
-        flat = flat.astype(triton_to_np_dtype(tensor.datatype))
     if flat.size != int(np.prod(shape)):
         raise AutotuneError(f"--input-data {path}: input {name} has {flat.size} values, its shape {list(shape)} "
                             f"needs {int(np.prod(shape))}")
     return flat.reshape(shape)
+
+
+def _b64_array(path: Path, tensor: TensorSpec, shape: tuple[int, ...], text: Any) -> np.ndarray:
+    """``{"b64": ...}``: the tensor's raw little-endian bytes in row-major order, as perf_analyzer reads them."""
+    if tensor.datatype == "BYTES":
+        raise AutotuneError(f'--input-data {path}: input {tensor.name} is BYTES; give its strings as "content", '
+                            'not "b64"')
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (TypeError, ValueError):
+        raise AutotuneError(f"--input-data {path}: input {tensor.name} has malformed base64 data") from None
+    dtype = np.dtype(triton_to_np_dtype(tensor.datatype))
+    if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+        raise AutotuneError(f"--input-data {path}: input {tensor.name} has {len(raw)} bytes of data, its shape "
+                            f"{list(shape)} of {tensor.datatype} needs {int(np.prod(shape)) * dtype.itemsize}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def _flatten(value: Any) -> Iterable[Any]:
@@ -153,13 +169,41 @@ def _flatten(value: Any) -> Iterable[Any]:
 
 
 def _check_step(path: Path, specs: list[TensorSpec], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The step's arrays in the model's datatypes, once every input has data whose shape fits."""
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise AutotuneError(f"--input-data {path}: no data for input {', '.join(missing)}")
     extra = sorted(set(arrays) - {s.name for s in specs})
     if extra:
         raise AutotuneError(f"--input-data {path}: the model has no input {', '.join(extra)}")
-    return arrays
+    step = {}
+    for tensor in specs:
+        array = arrays[tensor.name]
+        if not _fits(tensor, array.shape):
+            raise AutotuneError(f"--input-data {path}: input {tensor.name} has shape {list(array.shape)}, which "
+                                f"does not fit the model's shape {list(tensor.shape)}")
+        step[tensor.name] = _as_datatype(path, tensor, array)
+    return step
+
+
+def _as_datatype(path: Path, tensor: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """``array`` in ``tensor``'s datatype: a NumPy archive holds float64 and unicode arrays as readily as the
+    model's own types."""
+    if tensor.datatype == "BYTES":
+        if array.dtype.kind not in "USO":
+            raise AutotuneError(f"--input-data {path}: input {tensor.name} is BYTES; its data must be strings")
+        return np.array([v.encode() if isinstance(v, str) else v for v in array.flat],
+                        dtype=np.object_).reshape(array.shape)
+    try:
+        return array.astype(triton_to_np_dtype(tensor.datatype))
+    except (TypeError, ValueError):
+        raise AutotuneError(f"--input-data {path}: input {tensor.name} is {tensor.datatype}; its data must be "
+                            "numbers") from None
+
+
+def _fits(tensor: TensorSpec, shape: tuple[int, ...]) -> bool:
+    """Whether ``shape`` is one the model takes: as many dimensions, and the fixed ones of the same size."""
+    return len(shape) == len(tensor.shape) and all(d < 0 or d == s for d, s in zip(tensor.shape, shape, strict=True))
 
 
 def _request(model: str, specs: list[TensorSpec], step: dict[str, np.ndarray], batching: bool) -> bytes:

@@ -106,9 +106,44 @@ def test_npz_arrays_are_one_request_keyed_by_input_name(tmp_path: Path) -> None:
     ('{"data": [{"X": [1, 2, 3]}]}', "input X has 3 values, its shape \\[4\\] needs 4"),
     ('{"data": [{"Y": [1, 2, 3, 4]}]}', "the model has no input 'Y'"),
     ('{"data": [{}]}', "no data for input X"),
+    ('{"data": [{"X": ["a", "b", "c", "d"]}]}', "input X is INT32; its data must be numbers"),
+    ('{"data": [{"X": [{"a": 1}, 2, 3, 4]}]}', "input X is INT32; its data must be numbers"),
+    ('{"data": [{"X": {"content": [1, 2, 3, 4], "shape": [2, 2]}}]}', "shape \\[2, 2\\], which does not fit"),
+    ('{"data": [{"X": {"content": [1, 2, 3, 4], "shape": "4"}}]}', "has shape '4'; expected a list of sizes"),
+    ('{"data": [{"X": {"shape": [4]}}]}', 'input X needs "content" or "b64"'),
+    ('{"data": [{"X": {"b64": "!!!"}}]}', "input X has malformed base64 data"),
+    ('{"data": [{"X": {"b64": "AAAA"}}]}', "input X has 3 bytes of data, its shape \\[4\\] of INT32 needs 16"),
 ])
 def test_bad_input_data_files(tmp_path: Path, content: str, message: str) -> None:
     data = tmp_path / "data.json"
     data.write_text(content)
     with pytest.raises(AutotuneError, match=message):
         build_requests("m", [TensorSpec("X", "INT32", (4,))], batching=True, spec=InputSpec(data_file=data))
+
+
+def test_bytes_inputs_take_strings_not_base64(tmp_path: Path) -> None:
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"data": [{"TEXT": {"b64": "aGVsbG8="}}]}))
+    with pytest.raises(AutotuneError, match='input TEXT is BYTES; give its strings as "content"'):
+        build_requests("m", [TensorSpec("TEXT", "BYTES", (1,))], batching=True, spec=InputSpec(data_file=data))
+
+
+def test_npz_arrays_take_the_models_datatypes(tmp_path: Path) -> None:
+    data = tmp_path / "data.npz"
+    np.savez(data, X=np.array([0.5, 1.5]), TEXT=np.array(["hello"]))
+    specs = [TensorSpec("X", "FP32", (2,)), TensorSpec("TEXT", "BYTES", (1,))]
+    (payload,) = build_requests("m", specs, batching=True, spec=InputSpec(data_file=data))
+    request = decoded(payload)
+    assert np.frombuffer(request.raw_input_contents[0], dtype=np.float32).tolist() == [0.5, 1.5]
+    assert deserialize_bytes_tensor(request.raw_input_contents[1]).tolist() == [b"hello"]
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ({"X": np.zeros((2, 2))}, "input X has shape \\[2, 2\\], which does not fit the model's shape \\[4\\]"),
+    ({"X": np.array(["a", "b", "c", "d"])}, "input X is FP32; its data must be numbers"),
+])
+def test_npz_arrays_that_do_not_fit_are_refused(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
+    data = tmp_path / "data.npz"
+    np.savez(data, **arrays)
+    with pytest.raises(AutotuneError, match=message):
+        build_requests("m", [TensorSpec("X", "FP32", (4,))], batching=True, spec=InputSpec(data_file=data))
