@@ -1,12 +1,15 @@
 """The load loop against a real embedded Triton server."""
 
+import contextlib
+import os
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from autotune.embedded import EmbeddedServer
-from autotune.loadgen import LoadGenerator, LoadSettings, Measurement
+from autotune.loadgen import REQUESTS_PER_CONNECTION, LoadGenerator, LoadSettings, Measurement
 from autotune.server import ModelServer
 
 QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=4)
@@ -93,3 +96,33 @@ def test_a_point_ends_on_time_cancelling_what_is_still_in_flight_a_window_later(
     assert measurement.requests == 0
     assert measurement.errors == 0
     assert measurement.windows == QUICK.max_windows
+
+
+def connections_to(port: int) -> int:
+    """This process's established TCP connections to ``port`` (read from Linux's /proc)."""
+    sockets = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # the descriptor that lists the folder is gone by now
+            sockets.add(os.readlink(fd))
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            count += remote_port == port and state == "01" and f"socket:[{inode}]" in sockets  # 01: ESTABLISHED
+    return count
+
+
+def test_requests_in_flight_share_a_connection_six_at_most_as_perf_analyzers_do(triton: EmbeddedServer) -> None:
+    ModelServer(triton.url, "mlp").close()  # loads it
+    port = int(triton.url.rsplit(":", 1)[1])
+    before = connections_to(port)
+    during = []
+
+    def count_connections(window: Measurement) -> bool:
+        during.append(connections_to(port))
+        return True
+
+    LoadGenerator(triton.url, "mlp", QUICK).measure(2 * REQUESTS_PER_CONNECTION + 1, stop_early=count_connections)
+    assert REQUESTS_PER_CONNECTION == 6
+    assert during == [before + 3]
