@@ -98,31 +98,32 @@ def test_a_point_ends_on_time_cancelling_what_is_still_in_flight_a_window_later(
     assert measurement.windows == QUICK.max_windows
 
 
-def connections_to(port: int) -> int:
-    """This process's established TCP connections to ``port`` (read from Linux's /proc)."""
+def connections_to(port: int) -> set[str]:
+    """This process's established TCP connections to ``port``, by socket inode (read from Linux's /proc)."""
     sockets = set()
     for fd in Path("/proc/self/fd").iterdir():
         with contextlib.suppress(FileNotFoundError):  # the descriptor that lists the folder is gone by now
             sockets.add(os.readlink(fd))
-    count = 0
+    connections = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
-            count += remote_port == port and state == "01" and f"socket:[{inode}]" in sockets  # 01: ESTABLISHED
-    return count
+            if remote_port == port and state == "01" and f"socket:[{inode}]" in sockets:  # 01: ESTABLISHED
+                connections.add(inode)
+    return connections
 
 
 def test_requests_in_flight_share_a_connection_six_at_most_as_perf_analyzers_do(triton: EmbeddedServer) -> None:
     ModelServer(triton.url, "mlp").close()  # loads it
     port = int(triton.url.rsplit(":", 1)[1])
     before = connections_to(port)
-    during = []
+    opened = []
 
     def count_connections(window: Measurement) -> bool:
-        during.append(connections_to(port))
+        opened.append(len(connections_to(port) - before))
         return True
 
     LoadGenerator(triton.url, "mlp", QUICK).measure(2 * REQUESTS_PER_CONNECTION + 1, stop_early=count_connections)
     assert REQUESTS_PER_CONNECTION == 6
-    assert during == [before + 3]
+    assert opened == [3]
