@@ -20,10 +20,11 @@ from typing import Annotated
 import numpy as np
 import optuna
 import typer
-from optuna_dashboard import run_server, save_note
+from optuna_dashboard import save_note
 from rich.console import Console
 from tritonclient.utils import InferenceServerException
 
+from autotune.dashboard import serve
 from autotune.embedded import EmbeddedServer, EmbeddedServerCrashed
 from autotune.errors import AutotuneError
 from autotune.inputs import InputSpec, parse_shape
@@ -489,7 +490,7 @@ def dashboard(
         opened = open_storage(storage, create=False)
         typer.echo(f"optuna-dashboard for {mask_password(storage)} at http://{host}:{port}/ (Ctrl-C stops it)")
         with contextlib.suppress(KeyboardInterrupt):
-            run_server(opened, host=host, port=port)
+            serve(opened, host=host, port=port)
 
 
 def run() -> None:

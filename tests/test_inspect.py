@@ -10,13 +10,18 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+from optuna_dashboard import wsgi
 
+from autotune.dashboard import with_autotune_best
 from autotune.embedded import EmbeddedServer
 from autotune.model_config import apply, params_of, read_pbtxt
+from autotune.storage import open_storage
 from autotune.study import best_trial, is_feasible, trial_params
 
 STUDY = "inspect"
@@ -98,9 +103,28 @@ def test_the_dashboard_shows_the_study_its_metrics_feasibility_and_the_best_conf
     assert feasibility == {True, False}, "the tight limit should leave trials on both sides"
 
     best = best_trial(study)
+    assert [trial["number"] for trial in detail["best_trials"]] == [best.number]
     note = shown[best.number]["note"]["body"]
     assert 'name: "mlp"' in note and "instance_group" in note
     assert f"trial {best.number}" in detail["note"]["body"]
+
+
+@pytest.mark.parametrize("url", ["sqlite:///studies.db", "journal:studies.log"])
+def test_the_dashboards_best_trial_holds_the_limit_even_when_a_faster_one_broke_it(
+    tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = optuna.create_study(storage=open_storage(url, create=True), study_name=STUDY, direction="maximize")
+    for throughput, p95_over_limit_ms in ((900.0, 4.0), (700.0, -1.0), (500.0, -2.0)):
+        study.add_trial(create_trial(value=throughput, params={"x": throughput},
+                                     distributions={"x": FloatDistribution(0, 1000)},
+                                     system_attrs={"constraints": [p95_over_limit_ms, 0.0]}))
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = f"/api/studies/{study._study_id}"
+    app = wsgi(with_autotune_best(open_storage(url, create=False)))
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: None))
+    assert [trial["number"] for trial in json.loads(body)["best_trials"]] == [1]
 
 
 def test_the_dashboard_listens_on_loopback_and_says_where(finished: tuple[str, Path]) -> None:
