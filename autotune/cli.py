@@ -33,7 +33,7 @@ from autotune.model_config import override, to_pbtxt
 from autotune.progress import TrialProgress
 from autotune.report import best_config, export, study_json, study_note, summary
 from autotune.server import ModelServer, repository_models, server_times
-from autotune.space import SearchSpace
+from autotune.space import MAX_CONCURRENCY, SearchSpace
 from autotune.storage import DEFAULT_STORAGE, mask_password, open_storage
 from autotune.study import (
     CONFIRM_TOP,
@@ -306,6 +306,8 @@ def _concurrency_levels(text: str) -> list[int]:
         levels = []
     if not levels or min(levels) < 1:
         raise AutotuneError(f"--concurrency {text!r}: expected positive whole numbers, e.g. 1,4,16")
+    if max(levels) > MAX_CONCURRENCY:
+        raise AutotuneError(f"--concurrency {text!r}: at most {MAX_CONCURRENCY} requests in flight")
     return levels
 
 

@@ -23,6 +23,9 @@ from autotune.model_config import ModelConfig, ServerParams
 PREFERRED_CHOICES = ("max", "half")
 # A local step moves the batcher delay by 1 / DELAY_STEPS of its log range (x4.5 with the default bounds).
 DELAY_STEPS = 4
+# One client process keeps each request in flight as a coroutine: a bound far past any server's useful
+# concurrency, that still catches a typo of a few zeros before it fills the client's memory.
+MAX_CONCURRENCY = 65_536
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,9 @@ class SearchSpace:
                                 ("concurrency", 1), ("max_batch_size", 1)):
             if name in document:
                 values[name] = _range(name, document[name], default=getattr(cls, name, None), low_floor=low_floor)
+        if values.get("concurrency", cls.concurrency).high > MAX_CONCURRENCY:
+            raise ValueError(f"concurrency: high is at most {MAX_CONCURRENCY} requests in flight, got "
+                             f"{values['concurrency'].high}")
         return cls(**values)
 
     def batch_sizes(self, base: ModelConfig) -> list[int]:

@@ -94,5 +94,7 @@ def test_bad_arguments(triton: EmbeddedServer, tmp_path: Path) -> None:
         "measure", "--url", triton.url, "--model", "mlp", "--set", "batch=8", cwd=tmp_path)
     assert "--concurrency 'many'" in autotune_error(
         "measure", "--url", triton.url, "--model", "mlp", "--concurrency", "many", cwd=tmp_path)
+    assert "--concurrency '1,100000': at most 65536 requests in flight" in autotune_error(
+        "measure", "--url", triton.url, "--model", "mlp", "--concurrency", "1,100000", cwd=tmp_path)
     assert "--input-data nowhere.json: no such file" in autotune_error(
         "measure", "--url", triton.url, "--model", "mlp", "--input-data", "nowhere.json", cwd=tmp_path)

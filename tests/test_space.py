@@ -140,6 +140,7 @@ def test_missing_keys_keep_the_defaults(tmp_path: Path) -> None:
         ("max_queue_delay_microseconds: {low: 1}", "2 <= low"),
         ("- just a list", "mapping"),
         ("max_batch_size: {low: 5, high: 7}", "no power of two"),
+        ("concurrency: {high: 1000000}", "high is at most 65536 requests in flight, got 1000000"),
     ],
 )
 def test_bad_spaces_are_refused_with_the_file_named(tmp_path: Path, text: str, message: str) -> None:
