@@ -87,7 +87,7 @@ class SearchSpace:
                                 ("concurrency", 1), ("max_batch_size", 1)):
             if name in document:
                 values[name] = _range(name, document[name], default=getattr(cls, name, None), low_floor=low_floor)
-        if values.get("concurrency", cls.concurrency).high > MAX_CONCURRENCY:
+        if "concurrency" in values and values["concurrency"].high > MAX_CONCURRENCY:
             raise ValueError(f"concurrency: high is at most {MAX_CONCURRENCY} requests in flight, got "
                              f"{values['concurrency'].high}")
         return cls(**values)
