@@ -9,9 +9,10 @@ cancelled as it completes. Latencies are kept exactly and percentiles taken over
 that count. A request belongs to the window in which it completes.
 
 The per-request cost is kept small: each request is serialised once before the load starts and sent as raw
-bytes on a gRPC channel without retries, so no protobuf is built or parsed per request, and the event loop is
+bytes on gRPC channels without retries, so no protobuf is built or parsed per request, and the event loop is
 uvloop's where it exists (5 to 14 % more requests per second than asyncio's own, see ``benchmarks/``). Where one
-Python process cannot keep up with the server, ``processes`` spreads the requests in flight over several.
+Python process cannot keep up with the server, ``processes`` spreads the requests in flight over several; within
+a process, at most six share a connection, as perf_analyzer's do.
 Each request stays a unary call, as users' clients send them: one long-lived ``ModelStreamInfer`` stream per
 request slot would cost the client less, but it costs the server less too, and Triton 2.51's Python backend
 crashed under streamed load (``benchmarks/README.md``).
