@@ -22,7 +22,7 @@ from autotune.dashboard import with_autotune_best
 from autotune.embedded import EmbeddedServer
 from autotune.model_config import apply, params_of, read_pbtxt
 from autotune.storage import open_storage
-from autotune.study import best_trial, is_feasible, trial_params
+from autotune.study import CONSTRAINTS_KEY, best_trial, is_feasible, trial_params
 
 STUDY = "inspect"
 LIMIT_MS = 6.0
@@ -118,7 +118,7 @@ def test_the_dashboards_best_trial_holds_the_limit_even_when_a_faster_one_broke_
     for throughput, p95_over_limit_ms in ((900.0, 4.0), (700.0, -1.0), (500.0, -2.0)):
         study.add_trial(create_trial(value=throughput, params={"x": throughput},
                                      distributions={"x": FloatDistribution(0, 1000)},
-                                     system_attrs={"constraints": [p95_over_limit_ms, 0.0]}))
+                                     system_attrs={CONSTRAINTS_KEY: [p95_over_limit_ms, 0.0]}))
     environ: dict = {}
     setup_testing_defaults(environ)
     environ["PATH_INFO"] = f"/api/studies/{study._study_id}"
