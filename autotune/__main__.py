@@ -1,3 +1,3 @@
-from autotune.cli import run
+from autotune.cli import main
 
-run()
+main()

@@ -33,9 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autotune.loadgen import LoadGenerator, LoadSettings, Measurement
-from autotune.model_config import ServerParams, apply
-from autotune.server import ModelServer
+from autotune import LoadGenerator, LoadSettings, Measurement, ModelServer, ServerParams, apply
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "autotune" / "perf-analyzer"
@@ -53,7 +51,7 @@ SLEEPS_MS = (0.0, 0.5, 1.0, 2.0, 4.0)
 SERVE = """
 import sys
 from pathlib import Path
-from autotune.embedded import EmbeddedServer
+from autotune import EmbeddedServer
 with EmbeddedServer(Path(sys.argv[1])) as server:
     print(server.url, flush=True)
     sys.stdin.read()

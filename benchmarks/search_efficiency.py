@@ -43,24 +43,36 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.trial import FixedTrial
 
-from autotune.embedded import EmbeddedServer
-from autotune.errors import AutotuneError
-from autotune.loadgen import LoadGenerator, LoadSettings, Measurement
-from autotune.model_config import ModelConfig, ServerParams, apply, params_of, read_pbtxt
-from autotune.server import ModelServer
-from autotune.space import SearchSpace
-from autotune.study import (
+from autotune import (
+    DEFAULT_STRATEGY,
     STARTUP_TRIALS,
+    AutotuneError,
+    Baseline,
     ConcurrencySearch,
+    DelayLadder,
+    EmbeddedServer,
+    LoadGenerator,
+    LoadSettings,
+    LocalStep,
+    Measurement,
+    Meter,
+    ModelConfig,
+    ModelServer,
+    Objective,
+    RuleOfThumb,
     SamplerName,
+    SearchSpace,
+    ServerParams,
+    Strategy,
     Tuner,
+    apply,
     best_trial,
     check_sampler,
-    fill_level,
     is_feasible,
     make_sampler,
+    params_of,
+    read_pbtxt,
     trial_params,
 )
 from autotune.units import format_ms, parse_duration
@@ -88,7 +100,7 @@ def grid_params(space: SearchSpace, base: ModelConfig) -> list[ServerParams]:
                     space.batch_sizes(base), GRID_DELAYS, space.preferred_batch_size):
                 choices.append({"instance_count": instances, "dynamic_batching": True, "max_batch_size": batch,
                                 "max_queue_delay_microseconds": delay, "preferred_batch_size": preferred})
-    return list(dict.fromkeys(space.suggest(FixedTrial(c), base) for c in choices))
+    return list(dict.fromkeys(space.resolve(c, base) for c in choices))
 
 
 def key_of(params: ServerParams) -> Key:
@@ -147,7 +159,7 @@ def _ladder(server: ModelServer, loadgen: LoadGenerator, params: ServerParams, l
         if stopped is None:
             measured = loadgen.measure(concurrency)
             rows.append(_row(params, concurrency, measured, reload_s, measured=True, round_=round_))
-            over = measured.p95_ms > limit_ms and concurrency >= fill_level(params)
+            over = measured.p95_ms > limit_ms and concurrency >= params.fill_level
             stopped = measured if over or measured.errors else None
         else:
             rows.append(_row(params, concurrency, stopped, reload_s, measured=False, round_=round_))
@@ -356,34 +368,36 @@ class ReplayLoad:
 
 
 @dataclass(frozen=True)
-class Strategy:
+class Variant:
+    """One way of searching, replayed: a sampler, how concurrency is searched, and the strategy's composition."""
+
     name: str
     sampler: SamplerName = "tpe"
     concurrency: ConcurrencySearch = "sweep"
-    knowledge: bool = True
-    local: bool = True
-    ladder: bool = True
+    strategy: Strategy = DEFAULT_STRATEGY
     confirm_rounds: int = 2
     pruning: bool = True
     startup: int = STARTUP_TRIALS
 
 
-STRATEGIES = (
-    Strategy("tpe, concurrency sweep (default)"),
-    Strategy("tpe, sampled concurrency", concurrency="sample"),
-    Strategy("gp, concurrency sweep", sampler="gp"),
-    Strategy("gp, sampled concurrency", sampler="gp", concurrency="sample"),
-    Strategy("random search, concurrency sweep", sampler="random", knowledge=False, local=False),
-    Strategy("random search, sampled concurrency", sampler="random", knowledge=False, local=False,
-             concurrency="sample"),
+SAMPLER_ALONE = Strategy()
+VARIANTS = (
+    Variant("tpe, concurrency sweep (default)"),
+    Variant("tpe, sampled concurrency", concurrency="sample"),
+    Variant("gp, concurrency sweep", sampler="gp"),
+    Variant("gp, sampled concurrency", sampler="gp", concurrency="sample"),
+    Variant("random search, concurrency sweep", sampler="random", strategy=SAMPLER_ALONE),
+    Variant("random search, sampled concurrency", sampler="random", strategy=SAMPLER_ALONE, concurrency="sample"),
 )
 ABLATIONS = (
-    Strategy("tpe, no local steps", local=False),
-    Strategy("tpe, no ladders or second rule of thumb", ladder=False),
-    Strategy("tpe, no baseline, rules of thumb or ladders", knowledge=False),
-    Strategy("tpe, no re-measuring of the top 3", confirm_rounds=0),
-    Strategy("tpe, no pruning", pruning=False),
-    Strategy("tpe, 10 random start-up trials (Optuna's default)", startup=10),
+    Variant("tpe, no local steps", strategy=Strategy(Baseline(), RuleOfThumb("fewest"), RuleOfThumb("most"),
+                                                      DelayLadder())),
+    Variant("tpe, no ladders or second rule of thumb", strategy=Strategy(Baseline(), RuleOfThumb("fewest"),
+                                                                          LocalStep())),
+    Variant("tpe, no baseline, rules of thumb or ladders", strategy=Strategy(LocalStep())),
+    Variant("tpe, no re-measuring of the top 3", confirm_rounds=0),
+    Variant("tpe, no pruning", pruning=False),
+    Variant("tpe, 10 random start-up trials (Optuna's default)", startup=10),
 )
 
 
@@ -395,40 +409,38 @@ class Outcome:
     infeasible: int
 
 
-def replay(grid: Grid, strategy: Strategy, budget: int, seed: int, noise: float) -> Outcome:
+def replay(grid: Grid, variant: Variant, budget: int, seed: int, noise: float) -> Outcome:
     """One study of ``budget`` trials run by autotune's ``Tuner`` against the grid."""
     space = SearchSpace.from_yaml(ROOT / "studies" / f"{grid.model}.yaml")
     base = read_pbtxt(ROOT / "model_repository" / grid.model / "config.pbtxt")
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, direction="maximize",
-                                sampler=make_sampler(strategy.sampler, seed, strategy.startup))
+                                sampler=make_sampler(variant.sampler, seed, variant.startup))
     clock = Clock()
     server = ReplayServer(grid, base, clock)
-    load = ReplayLoad(grid, server, clock, noise, np.random.default_rng(seed), strategy.pruning)
-    tuner = Tuner(study, storage, server, load, space, grid.limit_ms,  # type: ignore[arg-type]
-                  concurrency_search=strategy.concurrency, local_steps=strategy.local,
-                  delay_ladder=strategy.ladder, rng=np.random.default_rng(seed))
-    if strategy.knowledge:
-        tuner.enqueue_baseline(created=True)
+    load = ReplayLoad(grid, server, clock, noise, np.random.default_rng(seed), variant.pruning)
+    meter = Meter(load, grid.limit_ms, load.settings.warmup_s, space.concurrency_levels())
+    objective = Objective(server, meter, space, sampled_concurrency=variant.concurrency == "sample")
+    tuner = Tuner(study, storage, objective, variant.strategy, np.random.default_rng(seed))
     tuner.optimize(budget)
-    tuner.confirm(strategy.confirm_rounds)
+    tuner.confirm(variant.confirm_rounds)
     best = best_trial(study)
     reached = grid.reached(trial_params(best), best.user_attrs["concurrency"]) if best else 0.0
     infeasible = sum(not is_feasible(t) for t in study.trials if t.state.is_finished())
     return Outcome(reached, clock.seconds, clock.overhead / clock.seconds, infeasible)
 
 
-def replay_table(grid: Grid, strategies: tuple[Strategy, ...], budgets: tuple[int, ...], seeds: range,
+def replay_table(grid: Grid, variants: tuple[Variant, ...], budgets: tuple[int, ...], seeds: range,
                  noise: float) -> Iterator[str]:
-    """Per strategy and budget: the share reached (median and worst, then mean and how many runs reach 90 %: a
+    """Per variant and budget: the share reached (median and worst, then mean and how many runs reach 90 %: a
     median over a few configs that runs crown jumps between them), wall time, infeasible trials, overhead."""
     yield (f"{'strategy':<50} {'trials':>6} {'reached (median, worst)':>24} {'mean':>6} {'>=90%':>5} "
            f"{'wall (median)':>14} {'infeasible':>10} {'reload+warm-up':>15}")
-    for strategy in strategies:
+    for variant in variants:
         for budget in budgets:
-            runs = [replay(grid, strategy, budget, seed, noise) for seed in seeds]
+            runs = [replay(grid, variant, budget, seed, noise) for seed in seeds]
             reached = [r.reached for r in runs]
-            yield (f"{strategy.name:<50} {budget:>6} {statistics.median(reached):>15.1%} ({min(reached):>6.1%}) "
+            yield (f"{variant.name:<50} {budget:>6} {statistics.median(reached):>15.1%} ({min(reached):>6.1%}) "
                 f"{statistics.mean(reached):>6.1%} {sum(r >= 0.9 for r in reached):>5} "
                 f"{_minutes(statistics.median(r.wall_s for r in runs)):>14} "
                 f"{statistics.median(r.infeasible for r in runs):>10g} "
@@ -488,16 +500,16 @@ def live(grid: Grid, budget: int, seed: int, extra: list[str]) -> list[str]:
             f"crowned {key} at concurrency {concurrency}, whose best grid point reaches {config_best:.1%}"]
 
 
-def _runnable(strategies: tuple[Strategy, ...]) -> tuple[Strategy, ...]:
-    """The strategies whose sampler is installed; GP needs the ``gp`` extra, and its absence is said, not fatal."""
+def _runnable(variants: tuple[Variant, ...]) -> tuple[Variant, ...]:
+    """The variants whose sampler is installed; GP needs the ``gp`` extra, and its absence is said, not fatal."""
     runnable = []
-    for strategy in strategies:
+    for variant in variants:
         try:
-            check_sampler(strategy.sampler)
+            check_sampler(variant.sampler)
         except AutotuneError as error:
-            print(f"skipping {strategy.name}: {error}", flush=True)
+            print(f"skipping {variant.name}: {error}", flush=True)
         else:
-            runnable.append(strategy)
+            runnable.append(variant)
     return tuple(runnable)
 
 
@@ -536,10 +548,10 @@ def main() -> int:
               f"{grid.measured} points measured (the rest lie past the limit). Optimum: {best.throughput:.0f} "
               f"infer/s at p95 {best.p95_ms:.1f} ms, {key} at concurrency {concurrency}. Replay noise "
               f"sigma {args.noise:g}, seeds {args.first_seed} to {args.first_seed + args.seeds - 1}.\n")
-        strategies = _runnable(tuple(s for s in STRATEGIES + (ABLATIONS if args.ablations else ())
-                                     if s.sampler in args.samplers))
+        variants = _runnable(tuple(v for v in VARIANTS + (ABLATIONS if args.ablations else ())
+                                   if v.sampler in args.samplers))
         seeds = range(args.first_seed, args.first_seed + args.seeds)
-        for line in replay_table(grid, strategies, tuple(args.budgets), seeds, args.noise):
+        for line in replay_table(grid, variants, tuple(args.budgets), seeds, args.noise):
             print(line, flush=True)
         if args.live is not None:
             print(recheck(grid, 12, 0), flush=True)

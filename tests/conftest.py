@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.embedded import EmbeddedServer
+from autotune.triton.embedded import EmbeddedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,8 @@ import signal
 import time
 from pathlib import Path
 
-from autotune.embedded import EmbeddedServer
-from autotune.server import ModelServer
+from autotune.triton.embedded import EmbeddedServer
+from autotune.triton.server import ModelServer
 
 
 def test_a_stopped_embedded_server_leaves_nothing_behind(repository: Path) -> None:

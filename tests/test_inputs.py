@@ -12,7 +12,7 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
 from autotune.errors import AutotuneError
-from autotune.inputs import InputSpec, TensorSpec, build_requests, parse_shape, tensor_specs
+from autotune.load.inputs import InputSpec, TensorSpec, build_requests, parse_shape, tensor_specs
 
 ALL_DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
                  "FP16", "BF16", "FP32", "FP64", "BYTES"]

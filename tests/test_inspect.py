@@ -18,11 +18,11 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from optuna_dashboard import wsgi
 
-from autotune.dashboard import with_autotune_best
-from autotune.embedded import EmbeddedServer
-from autotune.model_config import apply, params_of, read_pbtxt
-from autotune.storage import open_storage
-from autotune.study import CONSTRAINTS_KEY, best_trial, is_feasible, trial_params
+from autotune.records import CONSTRAINTS_KEY, best_trial, is_feasible, trial_params
+from autotune.report.dashboard import with_autotune_best
+from autotune.study.storage import open_storage
+from autotune.triton.embedded import EmbeddedServer
+from autotune.triton.model_config import apply, params_of, read_pbtxt
 
 STUDY = "inspect"
 LIMIT_MS = 6.0

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from autotune.embedded import EmbeddedServer
-from autotune.loadgen import REQUESTS_PER_CONNECTION, LoadGenerator, LoadSettings, Measurement
-from autotune.server import ModelServer
+from autotune.load.loop import REQUESTS_PER_CONNECTION, LoadGenerator, LoadSettings
+from autotune.load.windows import Measurement
+from autotune.triton.embedded import EmbeddedServer
+from autotune.triton.server import ModelServer
 
 QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=4)
 

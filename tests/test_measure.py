@@ -10,9 +10,9 @@ from pathlib import Path
 
 from test_cli_errors import autotune_error
 
-from autotune.embedded import EmbeddedServer
-from autotune.model_config import ModelConfig, params_of
-from autotune.server import ModelServer
+from autotune.triton.embedded import EmbeddedServer
+from autotune.triton.model_config import ModelConfig, params_of
+from autotune.triton.server import ModelServer
 
 QUICK = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3"]
 

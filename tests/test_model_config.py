@@ -5,8 +5,8 @@ import pytest
 from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelInstanceGroup
 
 from autotune.errors import AutotuneError
-from autotune.model_config import (
-    ServerParams,
+from autotune.params import ServerParams
+from autotune.triton.model_config import (
     apply,
     from_json,
     override,

@@ -21,10 +21,10 @@ import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
-from autotune.embedded import EmbeddedServer
-from autotune.model_config import params_of
-from autotune.server import ModelServer
-from autotune.trial_queue import counts_toward_total
+from autotune.records import counts_toward_total
+from autotune.triton.embedded import EmbeddedServer
+from autotune.triton.model_config import params_of
+from autotune.triton.server import ModelServer
 
 MEASURE = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3"]
 QUICK = [*MEASURE, "--confirm-rounds", "0"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from autotune.report import study_json, summary, trial_line
+from autotune.report.summary import study_json, summary, trial_line
 
 
 def measured(throughput: float, p95_ms: float, **extra: object) -> dict[str, object]:

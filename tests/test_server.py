@@ -2,10 +2,11 @@
 
 import pytest
 
-from autotune.embedded import EmbeddedServer
 from autotune.errors import AutotuneError
-from autotune.model_config import ServerParams, apply, params_of
-from autotune.server import ConfigRejected, ModelServer
+from autotune.params import ServerParams
+from autotune.triton.embedded import EmbeddedServer
+from autotune.triton.model_config import apply, params_of
+from autotune.triton.server import ConfigRejected, ModelServer
 
 
 @pytest.fixture

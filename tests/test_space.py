@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 from optuna.trial import FixedTrial
 
 from autotune.errors import AutotuneError
-from autotune.model_config import ModelConfig, ServerParams
-from autotune.space import IntRange, SearchSpace
+from autotune.params import ServerParams
+from autotune.search.space import IntRange, SearchSpace
+from autotune.triton.model_config import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,8 +16,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from autotune.storage import GRACE_PERIOD_S, open_storage
-from autotune.trial_queue import counts_toward_total
+from autotune.records import counts_toward_total
+from autotune.study.storage import GRACE_PERIOD_S, open_storage
 
 QUICK = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3", "--confirm-rounds", "0"]
 

@@ -7,18 +7,21 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from autotune.report import trial_line
-from autotune.study import best_trial, counted_trials
+from autotune.records import best_trial, counted_trials
+from autotune.report.summary import trial_line
+from autotune.search import DEFAULT_STRATEGY, Strategy
 
 
 class TrialProgress:
     """A callback for ``Tuner.optimize``; use it as a context manager around the call.
 
-    Quiet with a quiet console; the bar only on a terminal.
+    Quiet with a quiet console; the bar only on a terminal. ``strategy`` words where each trial came from.
     """
 
-    def __init__(self, study: optuna.Study, n_trials: int, max_p95_ms: float, console: Console) -> None:
+    def __init__(self, study: optuna.Study, n_trials: int, max_p95_ms: float, console: Console,
+                 strategy: Strategy = DEFAULT_STRATEGY) -> None:
         self._n_trials = n_trials
+        self._strategy = strategy
         self._max_p95_ms = max_p95_ms
         self._console = console
         self._bar = Progress(
@@ -38,7 +41,8 @@ class TrialProgress:
             self._bar.stop()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._console.print(trial_line(trial, self._n_trials, self._max_p95_ms), markup=False, highlight=False)
+        line = trial_line(trial, self._n_trials, self._max_p95_ms, self._strategy)
+        self._console.print(line, markup=False, highlight=False)
         if self._bar is not None:
             self._bar.update(self._task, completed=counted_trials(study), best=_best(study))
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import yaml
+from optuna.trial import FixedTrial
 
 from autotune.errors import AutotuneError
-from autotune.model_config import ModelConfig, ServerParams
+from autotune.params import ServerParams
+from autotune.triton.model_config import ModelConfig
 
 # "max" forms batches as large as max_batch_size (Triton's own default when none is given);
 # "half" dispatches as soon as half a batch is queued, trading batch size for latency.
@@ -26,6 +28,8 @@ DELAY_STEPS = 4
 # One client process keeps each request in flight as a coroutine: a bound far past any server's useful
 # concurrency, that still catches a typo of a few zeros before it fills the client's memory.
 MAX_CONCURRENCY = 65_536
+# "sample": concurrency is one more sampled setting; "sweep": each trial raises it on its config (no reloads).
+ConcurrencySearch = Literal["sample", "sweep"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,10 @@ class SearchSpace:
             preferred_batch_size=_preferred(preferred, max_batch),
             instance_count=instances,
         )
+
+    def resolve(self, point: dict[str, Any], base: ModelConfig) -> ServerParams:
+        """The server settings that sampled values stand for, as ``suggest`` would make them."""
+        return self.suggest(FixedTrial(point), base)
 
     def suggest_concurrency(self, trial: optuna.Trial) -> int:
         return trial.suggest_int("concurrency", self.concurrency.low, self.concurrency.high, log=True)

@@ -10,20 +10,21 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.model_config import ModelConfig, apply, parse_pbtxt, to_pbtxt
-from autotune.study import (
-    BASELINE_KEY,
+from autotune.records import (
+    BASE_CONFIG_KEY,
     CONFIRMED_KEY,
-    DELAY_RUNG_KEY,
-    RULE_OF_THUMB_KEY,
+    MAX_P95_KEY,
+    MODEL_KEY,
     SAME_AS_KEY,
-    STEP_FROM_KEY,
+    StudySettings,
     baseline_trial,
     best_trial,
     is_feasible,
     top_feasible,
     trial_params,
 )
+from autotune.search import DEFAULT_STRATEGY, Strategy
+from autotune.triton.model_config import ModelConfig, apply, parse_pbtxt, to_pbtxt
 
 _METRICS = ("throughput", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "concurrency", "errors")
 
@@ -39,8 +40,8 @@ def describe(params: dict[str, Any]) -> str:
     return f"dynamic batching (max batch {batch}, delay {delay} us, preferred {preferred}), {instances}"
 
 
-def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float) -> str:
-    """The progress line printed as each trial ends."""
+def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float, strategy: Strategy = DEFAULT_STRATEGY) -> str:
+    """The progress line printed as each trial ends; ``strategy`` words where its settings came from."""
     attrs = trial.user_attrs
     head = f"[{trial.number + 1}/{n_trials}] trial {trial.number}"
     settings = describe(attrs["config"]) if "config" in attrs else ""
@@ -49,14 +50,7 @@ def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float) -> str:
         return f"{head} {trial.state.name.lower()}: {reason} [{settings}]"
     verdict = "ok" if is_feasible(trial) else (
         f"{attrs['errors']} errors" if attrs.get("errors") else f"over the {max_p95_ms:g} ms limit")
-    if attrs.get(BASELINE_KEY):
-        verdict += ", the baseline (the model as configured)"
-    if attrs.get(RULE_OF_THUMB_KEY):
-        verdict += ", the Triton guide's rule of thumb"
-    if STEP_FROM_KEY in attrs:
-        verdict += f", a step from trial {attrs[STEP_FROM_KEY]}"
-    if DELAY_RUNG_KEY in attrs:
-        verdict += f", the rule of thumb with a longer delay (rung {attrs[DELAY_RUNG_KEY]})"
+    verdict += "".join(f", {origin}" for origin in strategy.label(trial))
     if SAME_AS_KEY in attrs:
         verdict += f", as trial {attrs[SAME_AS_KEY]} measured these settings"
     return (f"{head} concurrency {attrs['concurrency']:>3}: {trial.value:8.1f} infer/sec, p95 {attrs['p95_ms']:7.2f} ms"
@@ -71,7 +65,7 @@ def _pa_line(trial: FrozenTrial) -> str:
 
 def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> str:
     """The perf_analyzer-style text printed at the end of ``optimize`` and by ``report``."""
-    max_p95_ms = study.user_attrs["max_p95_ms"]
+    max_p95_ms = StudySettings.of(study).max_p95_ms
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name.lower() for t in trials)
     infeasible = sum(t.state == TrialState.COMPLETE and not is_feasible(t) for t in trials)
@@ -113,7 +107,7 @@ def confirmation(study: optuna.Study) -> list[str]:
         throughput = run["throughput"]
         median = float(np.median(throughput))
         spread = (max(throughput) - min(throughput)) / 2 / median if median else 0.0
-        held = sum(p is not None and p <= confirmed["max_p95_ms"] and not e
+        held = sum(p is not None and p <= confirmed[MAX_P95_KEY] and not e
                    for p, e in zip(run["p95_ms"], run["errors"], strict=True))
         p95 = ", ".join("-" if p is None else f"{p:.2f}" for p in run["p95_ms"])
         mark = "  <- winner" if run["trial"] == confirmed["winner"] else ""
@@ -128,7 +122,7 @@ def study_note(study: optuna.Study) -> str:
     The dashboard's own "best trial" ignores constraints, so the note names the one that met the limit.
     """
     found = best_config(study)
-    limit = study.user_attrs.get("max_p95_ms")
+    limit = study.user_attrs.get(MAX_P95_KEY)
     if found is None:
         return f"No trial has met the p95 limit of {limit} ms without errors yet."
     config, best = found
@@ -160,8 +154,8 @@ def study_json(study: optuna.Study, storage: str, output: Path | None) -> dict[s
     return {
         "study": study.study_name,
         "storage": storage,
-        "model": study.user_attrs.get("model"),
-        "max_p95_ms": study.user_attrs.get("max_p95_ms"),
+        "model": study.user_attrs.get(MODEL_KEY),
+        "max_p95_ms": study.user_attrs.get(MAX_P95_KEY),
         "trials": {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState},
         "baseline": trial_json(baseline),
         "best": trial_json(best),
@@ -175,7 +169,7 @@ def best_config(study: optuna.Study) -> tuple[ModelConfig, FrozenTrial] | None:
     best = best_trial(study)
     if best is None:
         return None
-    base = parse_pbtxt(study.user_attrs["base_config"], f"study {study.study_name}'s base config")
+    base = parse_pbtxt(study.user_attrs[BASE_CONFIG_KEY], f"study {study.study_name}'s base config")
     return apply(base, trial_params(best)), best
 
 
@@ -184,6 +178,6 @@ def export(config: ModelConfig, trial: FrozenTrial, study: optuna.Study, path: P
     a = trial.user_attrs
     header = (f"# Tuned by autotune: study {study.study_name}, trial {trial.number}.\n"
               f"# Measured {trial.value:.1f} infer/sec at client concurrency {a['concurrency']}, "
-              f"p95 {a['p95_ms']:.2f} ms (limit {study.user_attrs.get('max_p95_ms')} ms).\n")
+              f"p95 {a['p95_ms']:.2f} ms (limit {study.user_attrs.get(MAX_P95_KEY)} ms).\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + to_pbtxt(config))

@@ -13,7 +13,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 from optuna_dashboard import run_server
 
-from autotune.study import best_trial
+from autotune.records import best_trial
 
 
 class _AutotuneBest(BaseStorage):

@@ -1,9 +1,10 @@
 """Trials of one study handed out to any number of workers, never more than the study's budget.
 
-Every trial starts as a WAITING trial in the study's own queue: an empty one is added whenever none waits and the
-budget has room, a worker claims one with the storage's atomic WAITING -> RUNNING switch, and a claim that would
-exceed the budget goes back to WAITING. A worker keeps its trial's heartbeat; a trial whose heartbeat stops (its
-worker was killed) is failed by the next sweep, and the storage's retry callback queues its parameters again.
+Every trial starts as a WAITING trial in the study's own queue: whenever none waits and the budget has room, the
+search strategy's next proposal is added (the sampler's turn is an empty one); a worker claims one with the
+storage's atomic WAITING -> RUNNING switch, and a claim that would exceed the budget goes back to WAITING. A
+worker keeps its trial's heartbeat; a trial whose heartbeat stops (its worker was killed) is failed by the next
+sweep, and the storage's retry callback queues its parameters again.
 """
 
 from __future__ import annotations
@@ -11,32 +12,28 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, fail_stale_trials
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
+
+from autotune.records import counts_toward_total
+from autotune.search.strategy import Proposal
 
 POLL_S = 1.0
 
 
-def counts_toward_total(trial: FrozenTrial) -> bool:
-    """Whether a trial uses up one of ``--trials``: it was measured, or failed for a reason of its own.
-
-    A trial cut short by Ctrl-C or by a worker that died does not count; its parameters are tried again.
-    """
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
-    )
-
-
 class TrialQueue:
-    """Claims trials of ``study`` (kept in ``storage``) until ``n_trials`` of them count."""
+    """Claims trials of ``study`` (kept in ``storage``) until ``n_trials`` of them count; ``propose`` says what the
+    next one should be when none waits."""
 
-    def __init__(self, study: optuna.Study, storage: BaseStorage, n_trials: int, poll_s: float = POLL_S) -> None:
+    def __init__(self, study: optuna.Study, storage: BaseStorage, n_trials: int, propose: Callable[[], Proposal],
+                 poll_s: float = POLL_S) -> None:
         self.study = study
         self.storage = storage
         self.n_trials = n_trials
+        self.propose = propose
         self.poll_s = poll_s
         self._study_id = storage.get_study_id_from_name(study.study_name)
         self._heartbeat_s = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
@@ -53,7 +50,9 @@ class TrialQueue:
             waiting = sum(t.state == TrialState.WAITING for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             if not waiting and counted + running < self.n_trials:
-                self.study.enqueue_trial({})  # one slot at a time: a worker that stops early leaves none behind
+                # One at a time: a worker that stops early leaves none behind, and each proposal sees the last result.
+                proposal = self.propose()
+                self.study.enqueue_trial(proposal.params, user_attrs=proposal.marks)
             trial = self._claim_within_budget()
             if trial is not None:
                 return trial
@@ -64,7 +63,7 @@ class TrialQueue:
 
     def _claim_within_budget(self) -> optuna.Trial | None:
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        # Retries and the baseline carry their parameters: run them before empty slots.
+        # Retries carry their parameters: run them before the sampler's turns.
         for ticket in sorted(waiting, key=lambda t: (not (t.params or t.user_attrs), t.number)):
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, ticket.number)
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):

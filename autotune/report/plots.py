@@ -14,8 +14,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import AutotuneError
-from autotune.report import describe, summary
-from autotune.study import baseline_trial, best_trial, is_feasible
+from autotune.records import StudySettings, baseline_trial, best_trial, is_feasible
+from autotune.report.summary import describe, summary
 
 try:
     import matplotlib
@@ -36,7 +36,7 @@ def write_report(study: optuna.Study, directory: Path) -> list[Path]:
     if not complete:
         raise AutotuneError(f"study {study.study_name} has no completed trial to plot yet")
     directory.mkdir(parents=True, exist_ok=True)
-    limit = float(study.user_attrs.get("max_p95_ms", float("inf")))
+    limit = StudySettings.of(study).max_p95_ms
     figures = {
         "pareto.png": (pareto_figure(study, limit), "Throughput against p95 latency"),
         "concurrency.png": (concurrency_figure(study), "Throughput against concurrency, best configurations"),
@@ -48,7 +48,7 @@ def write_report(study: optuna.Study, directory: Path) -> list[Path]:
         plt.close(figure)
         written.append(directory / name)
     page = directory / "report.html"
-    page.write_text(_html(study, limit, {name: title for name, (_, title) in figures.items()}, directory))
+    page.write_text(_html(study, {name: title for name, (_, title) in figures.items()}, directory))
     return [*written, page]
 
 
@@ -152,7 +152,7 @@ def importance_figure(study: optuna.Study) -> Figure:
     return figure
 
 
-def _html(study: optuna.Study, limit_ms: float, images: dict[str, str], directory: Path) -> str:
+def _html(study: optuna.Study, images: dict[str, str], directory: Path) -> str:
     pictures = "\n".join(
         f"<h2>{html.escape(title)}</h2>\n<img alt=\"{html.escape(title)}\" src=\"data:image/png;base64,"
         f"{base64.b64encode((directory / name).read_bytes()).decode()}\">"
@@ -162,4 +162,4 @@ def _html(study: optuna.Study, limit_ms: float, images: dict[str, str], director
             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}pre{background:#f6f6f6;"
             "padding:1em;overflow-x:auto}img{max-width:100%}</style></head><body>\n"
             f"<h1>autotune report: {html.escape(study.study_name)}</h1>\n"
-            f"<pre>{html.escape(summary(study, limit_ms, None))}</pre>\n{pictures}\n</body></html>\n")
+            f"<pre>{html.escape(summary(study))}</pre>\n{pictures}\n</body></html>\n")

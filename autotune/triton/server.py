@@ -12,9 +12,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
 from tritonclient.utils import InferenceServerException
 
-from autotune import model_config
 from autotune.errors import AutotuneError, TrialFailed
-from autotune.model_config import ModelConfig
+from autotune.triton import model_config
+from autotune.triton.model_config import ModelConfig
 
 
 class ConfigRejected(TrialFailed):

@@ -25,7 +25,7 @@ import contextlib
 import multiprocessing
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -35,7 +35,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError
-from autotune.inputs import InputSpec, build_requests, tensor_specs
+from autotune.load.inputs import InputSpec, build_requests, tensor_specs
+from autotune.load.windows import STABLE_WINDOWS, Measurement, Window, stable, summarise
 
 try:
     from uvloop import new_event_loop
@@ -43,7 +44,6 @@ except ImportError:  # uvloop does not exist on Windows: asyncio's own loop does
     from asyncio import new_event_loop
 
 T = TypeVar("T")
-STABLE_WINDOWS = 3
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 # Retries make gRPC buffer every call; a load generator must see failures, not hide them. A local subchannel
 # pool gives each channel a connection of its own instead of sharing one per target across the process.
@@ -64,43 +64,6 @@ class LoadSettings:
     stability: float = 0.10
     request_timeout_s: float = 30.0
     processes: int = 1
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What one point measured: client-side figures in infer/s and milliseconds."""
-
-    concurrency: int
-    throughput: float
-    p50_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
-    requests: int
-    errors: int
-    windows: int
-    stable: bool
-    first_error: str = ""
-    cut_short: bool = False
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Window:
-    latencies: np.ndarray
-    errors: int
-    first_error: str
-    duration: float
-
-    @property
-    def throughput(self) -> float:
-        return len(self.latencies) / self.duration
-
-    @property
-    def p95(self) -> float:
-        return float(np.percentile(self.latencies, 95)) if len(self.latencies) else float("inf")
 
 
 class _Load:
@@ -274,48 +237,18 @@ class LoadGenerator:
         boundary = time.perf_counter() + warmup_s
         await asyncio.sleep(warmup_s)
         collect(boundary)
-        windows: list[_Window] = []
+        windows: list[Window] = []
         while len(windows) < settings.max_windows:
             boundary += settings.window_s
             await asyncio.sleep(max(0.0, boundary - time.perf_counter()))
             parts = collect(boundary)
-            windows.append(_Window(np.concatenate([p[0] for p in parts]), sum(p[1] for p in parts),
+            windows.append(Window(np.concatenate([p[0] for p in parts]), sum(p[1] for p in parts),
                                    next((p[2] for p in parts if p[2]), ""), settings.window_s))
-            if stop_early is not None and stop_early(self._summarise(concurrency, windows[-1:])):
-                return replace(self._summarise(concurrency, windows), cut_short=True)
-            if windows[-1].errors or self._stable(windows[-STABLE_WINDOWS:]):
+            if stop_early is not None and stop_early(summarise(concurrency, windows[-1:], settings.stability)):
+                return replace(summarise(concurrency, windows, settings.stability), cut_short=True)
+            if windows[-1].errors or stable(windows[-STABLE_WINDOWS:], settings.stability):
                 break
-        return self._summarise(concurrency, windows)
-
-    def _stable(self, windows: list[_Window]) -> bool:
-        if len(windows) < STABLE_WINDOWS:
-            return False
-        for values in ([w.throughput for w in windows], [w.p95 for w in windows]):
-            mean = float(np.mean(values))
-            tolerance = self.settings.stability * mean
-            if not np.isfinite(mean) or mean == 0 or any(abs(v - mean) > tolerance for v in values):
-                return False
-        return True
-
-    def _summarise(self, concurrency: int, windows: list[_Window]) -> Measurement:
-        counted = windows[-STABLE_WINDOWS:]
-        latencies_ms = np.concatenate([w.latencies for w in counted]) * 1e3
-        p50, p90, p95, p99 = (
-            np.percentile(latencies_ms, [50, 90, 95, 99]) if len(latencies_ms) else [float("inf")] * 4
-        )
-        return Measurement(
-            concurrency=concurrency,
-            throughput=len(latencies_ms) / sum(w.duration for w in counted),
-            p50_ms=float(p50),
-            p90_ms=float(p90),
-            p95_ms=float(p95),
-            p99_ms=float(p99),
-            requests=len(latencies_ms),
-            errors=sum(w.errors for w in windows),
-            windows=len(windows),
-            stable=self._stable(counted),
-            first_error=next((w.first_error for w in windows if w.first_error), ""),
-        )
+        return summarise(concurrency, windows, settings.stability)
 
 
 def _worker(pipe: Connection, url: str, requests: list[bytes], concurrency: int, settings: LoadSettings) -> None:

@@ -7,7 +7,6 @@ converted to the JSON form that ``load_model(config=...)`` takes with ``json_for
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +14,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelInstanceGroup
 
 from autotune.errors import AutotuneError
-
-
-@dataclass(frozen=True)
-class ServerParams:
-    """The settings autotune tunes that need a model reload (client concurrency is not one of them)."""
-
-    dynamic_batching: bool
-    max_batch_size: int
-    max_queue_delay_microseconds: int = 0
-    preferred_batch_size: tuple[int, ...] = ()
-    instance_count: int = 1
-
-    def as_dict(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "dynamic_batching": self.dynamic_batching,
-            "max_batch_size": self.max_batch_size,
-            "instance_count": self.instance_count,
-        }
-        if self.dynamic_batching:
-            fields["max_queue_delay_microseconds"] = self.max_queue_delay_microseconds
-            fields["preferred_batch_size"] = list(self.preferred_batch_size)
-        return fields
+from autotune.params import ServerParams
 
 
 def read_pbtxt(path: Path) -> ModelConfig:

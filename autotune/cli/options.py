@@ -1,0 +1,57 @@
+"""The command line's shared options, and their parsing into the typed values the library takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from autotune.errors import AutotuneError
+from autotune.load.inputs import InputSpec, parse_shape
+from autotune.load.loop import LoadSettings
+from autotune.search import MAX_CONCURRENCY
+from autotune.units import parse_duration
+
+ModelRepository = Annotated[Path, typer.Option(
+    help="Model repository served by the embedded Triton server (ignored with --url).")]
+Url = Annotated[str | None, typer.Option(
+    help="gRPC host:port of your own Triton server, started with --model-control-mode=explicit. "
+    "Default: start the embedded server on loopback.")]
+Window = Annotated[str, typer.Option(help="Length of one measurement window.")]
+Warmup = Annotated[str, typer.Option(
+    help="Load before the first window counts. optimize gives a config that is already warm a 0.1 s settle.")]
+MaxWindows = Annotated[int, typer.Option(min=3, help="Windows per point before giving up on stability.")]
+Shapes = Annotated[list[str] | None, typer.Option(
+    "--shape", help="Size of an input's dynamic dimensions, without the batch one: NAME:d1,d2 (repeatable).")]
+InputData = Annotated[Path | None, typer.Option(
+    help="Request data instead of random tensors: perf_analyzer's JSON format, or .npz keyed by input name.")]
+ClientProcesses = Annotated[int, typer.Option(
+    min=1, help="Client processes sharing the requests in flight; raise it when one cannot keep a fast "
+    "server busy.")]
+StudyName = Annotated[str | None, typer.Option("--study", help="Study name. Default: the storage's only study.")]
+Storage = Annotated[str, typer.Option(
+    help="Optuna storage: sqlite:///FILE, postgresql://USER:PASSWORD@HOST/DB, mysql://..., or journal:FILE.")]
+
+
+def load_options(window: str, warmup: str, max_windows: int, processes: int, shapes: list[str] | None,
+                 input_data: Path | None) -> tuple[LoadSettings, InputSpec]:
+    """The load generator's flags, checked before any server starts."""
+    settings = LoadSettings(warmup_s=parse_duration(warmup, "--warmup"), window_s=parse_duration(window, "--window"),
+                            max_windows=max_windows, processes=processes)
+    if input_data is not None and not input_data.is_file():
+        raise AutotuneError(f"--input-data {input_data}: no such file")
+    return settings, InputSpec(dict(parse_shape(text) for text in shapes or []), input_data)
+
+
+def concurrency_levels(text: str) -> list[int]:
+    """``--concurrency 1,4,16`` as numbers of requests in flight."""
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise AutotuneError(f"--concurrency {text!r}: expected positive whole numbers, e.g. 1,4,16")
+    if max(levels) > MAX_CONCURRENCY:
+        raise AutotuneError(f"--concurrency {text!r}: at most {MAX_CONCURRENCY} requests in flight")
+    return levels

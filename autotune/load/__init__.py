@@ -1,0 +1,2 @@
+"""The load: request data, the asyncio gRPC load loop, its window statistics, and the policy that measures a
+trial with it."""

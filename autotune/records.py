@@ -1,0 +1,135 @@
+"""Trial records: the attribute keys a study's trials carry, and what can be read off them.
+
+Everything that is stored lives here: the user-attribute keys of a measured trial and of its study, the
+constraints that both Optuna's samplers and optuna-dashboard read, feasibility, the trials that count toward a
+budget, the best trial, and a typed view of the study's own settings. Reports, plots, progress lines and the
+dashboard need only this module; the search strategy and the study loop write what it reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.params import ServerParams
+
+# A trial's user attributes.
+CONFIG_KEY = "config"  # the server settings it ran with (``ServerParams.as_dict``)
+CONCURRENCY_KEY = "concurrency"  # the client concurrency that stands for it
+SWEEP_KEY = "sweep"  # its concurrency sweep: [concurrency, throughput, p95 ms] per point
+FAIL_REASON_KEY = "fail_reason"  # why it failed, when for a reason of its own (it counts toward the budget)
+PRUNED_REASON_KEY = "pruned_reason"  # why its measurement was cut short
+SAME_AS_KEY = "same_as"  # the earlier trial that measured its settings, whose figures it took
+BASELINE_KEY = "baseline"  # the model as configured, the study's first trial: where tuning started
+# A study's user attributes.
+MODEL_KEY = "model"
+MAX_P95_KEY = "max_p95_ms"
+BASE_CONFIG_KEY = "base_config"  # the model's config.pbtxt as the server ran it before tuning
+BASELINE_SUMMARY_KEY = "baseline"  # the baseline trial's figures, for the dashboard's study page
+CONFIRMED_KEY = "confirmed"  # the last re-measurement of the top trials and its winner
+# optuna-dashboard reads feasibility only from this list-valued system attribute; Optuna's samplers read it too.
+CONSTRAINTS_KEY = "constraints"
+# The winner's curse: the best of many noisy measurements is flattered. The top few are measured again.
+CONFIRM_TOP = 3
+
+
+class TrialSource(Protocol):
+    """What the queries read of a study: ``optuna.Study`` is one."""
+
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+
+    def get_trials(self, deepcopy: bool = ..., states: Any = ...) -> list[FrozenTrial]: ...
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What a study was started for, as its user attributes hold it: the one source of the p95 limit."""
+
+    model: str
+    max_p95_ms: float
+
+    @classmethod
+    def of(cls, study: TrialSource) -> StudySettings:
+        attrs = study.user_attrs
+        return cls(model=str(attrs.get(MODEL_KEY, "")), max_p95_ms=float(attrs.get(MAX_P95_KEY, float("inf"))))
+
+    def as_attrs(self) -> dict[str, object]:
+        return {MODEL_KEY: self.model, MAX_P95_KEY: self.max_p95_ms}
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and all(c <= 0 for c in trial.system_attrs.get(CONSTRAINTS_KEY, [1]))
+
+
+def constraints(p95_ms: float, errors: int, max_p95_ms: float) -> list[float]:
+    """A trial's constraints, feasible when none is positive: p95 over the limit, and request errors."""
+    return [p95_ms - max_p95_ms, float(errors)]
+
+
+def counts_toward_total(trial: FrozenTrial) -> bool:
+    """Whether a trial uses up one of ``--trials``: it was measured, or failed for a reason of its own.
+
+    A trial cut short by Ctrl-C or by a worker that died does not count; its parameters are tried again.
+    """
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and FAIL_REASON_KEY in trial.user_attrs
+    )
+
+
+def counts_or_pending(trial: FrozenTrial) -> bool:
+    """Whether a trial was measured, failed for a reason of its own, or still waits or runs."""
+    return counts_toward_total(trial) or trial.state in (TrialState.WAITING, TrialState.RUNNING)
+
+
+def counted_trials(study: TrialSource) -> int:
+    return sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
+
+
+def trials_since_best(study: TrialSource) -> int:
+    """How many counted trials finished after the best feasible one (all of them when none is feasible)."""
+    counted = [t for t in study.get_trials(deepcopy=False) if counts_toward_total(t)]
+    best = best_trial(study)
+    if best is None:
+        return len(counted)
+    return sum(t.datetime_complete > best.datetime_complete for t in counted)
+
+
+def baseline_trial(study: TrialSource) -> FrozenTrial | None:
+    """The measured baseline, pruned ones included: a baseline over the limit still says where tuning started."""
+    measured = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return next((t for t in measured if t.user_attrs.get(BASELINE_KEY)), None)
+
+
+def top_feasible(study: TrialSource, n: int) -> list[FrozenTrial]:
+    """The ``n`` feasible trials with the highest throughput, best first; each config once, as first measured."""
+    feasible = [t for t in study.get_trials(deepcopy=False) if is_feasible(t) and SAME_AS_KEY not in t.user_attrs]
+    return sorted(feasible, key=lambda t: -(t.value or 0.0))[:n]
+
+
+def best_trial(study: TrialSource) -> FrozenTrial | None:
+    """The winner of the last re-measurement while it still covers the top trials, else the feasible trial with
+    the highest throughput (Optuna's ``best_trial`` ignores constraints here)."""
+    top = top_feasible(study, CONFIRM_TOP)
+    confirmed = study.user_attrs.get(CONFIRMED_KEY)
+    if top and confirmed and {t.number for t in top} <= {run["trial"] for run in confirmed["trials"]}:
+        return study.get_trials(deepcopy=False)[confirmed["winner"]]
+    return top[0] if top else None
+
+
+def best_value(study: TrialSource) -> float:
+    """The best feasible throughput so far; minus infinity before any."""
+    best = best_trial(study)
+    return best.value if best is not None and best.value is not None else float("-inf")
+
+
+def planned_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The sampled values a trial has, or will have once it runs: those it was queued with come first."""
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+
+
+def trial_params(trial: FrozenTrial) -> ServerParams:
+    """The server settings a trial ran with, as recorded in its user attributes."""
+    return ServerParams.from_dict(trial.user_attrs[CONFIG_KEY])

@@ -1,0 +1,63 @@
+"""The Triton guide's delay ladder: "try increasing delay values until the latency budget is exceeded".
+
+Each rule of thumb starts a ladder; a rung is the ladder's last rung with the batcher delay one step longer
+(``SearchSpace.delay_steps``). Throughput need not rise or fall steadily with the delay (on a demo model's grid a
+short delay read less than no delay and than a longer one), so a ladder walks through a dip that would end a climb
+by local steps, and tries the long delays that TPE seldom reaches in a budget of tens of trials.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from autotune.records import counts_toward_total, is_feasible
+from autotune.search.rule_of_thumb import RULE_OF_THUMB_KEY
+from autotune.search.space import SearchSpace
+from autotune.search.strategy import Context, Proposal, Proposer
+
+# Marks a rung: a rule of thumb with its batcher delay this many steps longer.
+DELAY_RUNG_KEY = "delay_rung"
+# A ladder climbs while each rung reads at least this share of its best rung: a clearly worse reading ends it, one
+# within the machine's noise does not (in the replay 0.6 did about as well at low noise; 0.9 stopped on noise).
+RUNG_KEEPS = 0.75
+
+
+class DelayLadder(Proposer):
+    """Proposes the next rung of the first ladder, by instance count, that still climbs.
+
+    A ladder ends at a rung that breaks the limit or reads under ``RUNG_KEEPS`` of its best rung, or at the space's
+    longest delay. While any rung is still out, nothing is proposed: the next rung depends on it."""
+
+    def propose(self, context: Context) -> Proposal | None:
+        rungs = [t for t in context.trials if t.user_attrs.get(RULE_OF_THUMB_KEY) or DELAY_RUNG_KEY in t.user_attrs]
+        if not all(t.state.is_finished() for t in rungs):
+            return None
+        ladders: dict[int, list[FrozenTrial]] = {}
+        for rung in rungs:
+            if counts_toward_total(rung) and "instance_count" in rung.params:
+                ladders.setdefault(rung.params["instance_count"], []).append(rung)
+        for _, ladder in sorted(ladders.items()):
+            if (params := _next_rung(ladder, context.space)) is not None:
+                return Proposal(params, {DELAY_RUNG_KEY: ladder[-1].user_attrs.get(DELAY_RUNG_KEY, 0) + 1})
+        return None
+
+    @staticmethod
+    def label(trial: FrozenTrial) -> str | None:
+        if DELAY_RUNG_KEY not in trial.user_attrs:
+            return None
+        return f"the rule of thumb with a longer delay (rung {trial.user_attrs[DELAY_RUNG_KEY]})"
+
+    def __repr__(self) -> str:
+        return "DelayLadder()"
+
+
+def _next_rung(ladder: list[FrozenTrial], space: SearchSpace) -> dict[str, Any] | None:
+    """The sampled values of a ladder's next rung, or None where the ladder has ended."""
+    last = ladder[-1]
+    if not is_feasible(last) or last.value < RUNG_KEEPS * max(t.value for t in ladder if is_feasible(t)):
+        return None
+    delay = last.params["max_queue_delay_microseconds"]
+    longer, _ = space.delay_steps(delay)
+    return None if longer == delay else {**last.params, "max_queue_delay_microseconds": longer}

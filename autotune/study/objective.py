@@ -1,0 +1,168 @@
+"""One trial: the settings it was given, loaded on the server, measured, and recorded on the trial.
+
+The trial's user attributes hold its settings, its measurement and what its time went on; the p95 limit and the
+request errors are its constraints (``records.constraints``), which the sampler honours. A trial whose settings an
+earlier trial measured takes that trial's figures instead of measuring them again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, fields
+from typing import Protocol
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from optuna_dashboard import save_note
+
+from autotune.errors import TrialFailed
+from autotune.load.policy import Meter
+from autotune.load.windows import Measurement
+from autotune.params import ServerParams
+from autotune.records import (
+    BASELINE_KEY,
+    BASELINE_SUMMARY_KEY,
+    CONCURRENCY_KEY,
+    CONFIG_KEY,
+    CONSTRAINTS_KEY,
+    FAIL_REASON_KEY,
+    PRUNED_REASON_KEY,
+    SAME_AS_KEY,
+    SWEEP_KEY,
+    best_value,
+    constraints,
+    trial_params,
+)
+from autotune.report.notes import new_best_note
+from autotune.search.space import SearchSpace
+from autotune.triton.model_config import ModelConfig, apply, params_of
+from autotune.triton.server import SERVER_TIMES, server_times
+
+# What a trial's user attributes hold about its measurement (the rest: its settings, worker and timings).
+_MEASURED = frozenset({f.name for f in fields(Measurement)} | {SWEEP_KEY, *SERVER_TIMES})
+
+
+class Target(Protocol):
+    """The model being tuned on its server: ``ModelServer`` is one."""
+
+    @property
+    def original(self) -> ModelConfig: ...
+
+    def apply(self, config: ModelConfig) -> bool: ...
+
+    def statistics(self) -> dict[str, float]: ...
+
+
+@dataclass
+class Objective:
+    """Measures one trial of a study on ``target`` with ``meter`` (which holds the p95 limit); returns its
+    throughput, as Optuna's objectives do.
+
+    Raises ``optuna.TrialPruned`` for a measurement cut short, and ``TrialFailed`` (its reason recorded) for a
+    config the server refused or a model that never answered.
+    """
+
+    target: Target
+    meter: Meter
+    space: SearchSpace
+    sampled_concurrency: bool = False
+    worker: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base(self) -> ModelConfig:
+        return self.target.original
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if trial.user_attrs.get(BASELINE_KEY):
+            params, config = params_of(self.base), self.base
+        else:
+            params = self.space.suggest(trial, self.base)
+            config = apply(self.base, params)
+        trial.set_user_attr(CONFIG_KEY, params.as_dict())
+        for key, value in self.worker.items():
+            trial.set_user_attr(key, value)
+        concurrency = self.space.suggest_concurrency(trial) if self.sampled_concurrency else None
+        twin = None if trial.user_attrs.get(BASELINE_KEY) else self._measured_twin(trial.study, params, concurrency)
+        if twin is not None:
+            return _answer_from(trial, twin)
+        started = time.monotonic()
+        try:
+            reloaded = self.target.apply(config)
+        except TrialFailed as error:
+            trial.set_user_attr(FAIL_REASON_KEY, str(error))
+            raise
+        finally:
+            trial.set_user_attr("reload_s", round(time.monotonic() - started, 3))
+        before = self.target.statistics()
+        started = time.monotonic()
+        reading = self.meter.trial(reloaded, params.fill_level, concurrency)
+        measurement = reading.measurement
+        if concurrency is None:
+            trial.set_user_attr(SWEEP_KEY, [point.as_record() for point in reading.sweep])
+        trial.set_user_attr("measure_s", round(time.monotonic() - started, 3))
+        trial.set_user_attr("warmup_s", round(reading.warmup_s, 3))
+        _record(trial, measurement, before, self.target.statistics())
+        if measurement.requests == 0:
+            reason = f"no request succeeded: {measurement.first_error or 'no reply within the window'}"
+            trial.set_user_attr(FAIL_REASON_KEY, reason)
+            raise TrialFailed(reason)
+        limits = constraints(measurement.p95_ms, measurement.errors, self.meter.max_p95_ms)
+        set_constraints(trial, limits)
+        if trial.user_attrs.get(BASELINE_KEY):
+            trial.study.set_user_attr(BASELINE_SUMMARY_KEY, {
+                "trial": trial.number, "throughput": round(measurement.throughput, 2),
+                "p95_ms": round(measurement.p95_ms, 3), "concurrency": measurement.concurrency,
+            })
+        if measurement.cut_short:
+            trial.report(measurement.throughput, step=measurement.windows)
+            why = (f"{measurement.errors} errors" if measurement.errors else
+                   f"median latency {measurement.p50_ms:.1f} ms, over the limit")
+            trial.set_user_attr(PRUNED_REASON_KEY, f"stopped after window {measurement.windows}: {why}")
+            raise optuna.TrialPruned(why)
+        if all(c <= 0 for c in limits) and measurement.throughput > best_value(trial.study):
+            save_note(trial, new_best_note(config, measurement.throughput, measurement.concurrency,
+                                           measurement.p95_ms))
+        return measurement.throughput
+
+    def _measured_twin(self, study: optuna.Study, params: ServerParams, concurrency: int | None) -> FrozenTrial | None:
+        """A complete trial that measured these server settings (at this concurrency, where it is sampled).
+
+        TPE proposes the same settings again once it has narrowed down (an eighth to a fifth of the trials of a
+        study of 20 on the shipped models, most of them with the batcher off, where only the instance count varies).
+        Measuring them again would cost a whole trial for a reading no better than the first; the winner's re-
+        measurement at the end is where repeated readings count.
+        """
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if SAME_AS_KEY not in trial.user_attrs and trial_params(trial) == params and (
+                    concurrency is None or trial.user_attrs[CONCURRENCY_KEY] == concurrency):
+                return trial
+        return None
+
+
+def _answer_from(trial: optuna.Trial, twin: FrozenTrial) -> float:
+    """Record ``twin``'s measurement as this trial's, without measuring: the sampler learns the same as from a
+    measurement, the trial counts toward the budget, and the study's rankings list the config once."""
+    trial.set_user_attr(SAME_AS_KEY, twin.number)
+    for key, value in twin.user_attrs.items():
+        if key in _MEASURED:
+            trial.set_user_attr(key, value)
+    set_constraints(trial, twin.system_attrs[CONSTRAINTS_KEY])
+    return twin.value
+
+
+def _record(trial: optuna.Trial, measurement: Measurement, before: dict[str, float], after: dict[str, float]) -> None:
+    for key, value in measurement.as_dict().items():
+        if value == "" or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        trial.set_user_attr(key, round(value, 4) if isinstance(value, float) else value)
+    for key, value in server_times(before, after).items():
+        trial.set_user_attr(key, value)
+
+
+def set_constraints(trial: optuna.Trial, values: list[float]) -> None:
+    """Store constraints in the list form that both Optuna's samplers and optuna-dashboard read.
+
+    ``Trial.set_constraint`` (Optuna 5) writes one key per constraint, which optuna-dashboard 0.21 ignores.
+    """
+    trial.storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, values)

@@ -1,0 +1,58 @@
+"""Opening studies: create or resume one for tuning, or load an existing one for the commands that only read."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.storages import BaseStorage
+
+from autotune.errors import AutotuneError
+from autotune.records import MAX_P95_KEY, MODEL_KEY
+from autotune.search.samplers import SamplerName, make_sampler
+from autotune.study.storage import mask_password, open_storage
+
+# What a worker records about its server; a worker whose server differs from the study's is warned.
+HARDWARE_ATTRS = ("server_version", "instance_kind", "cpu")
+
+
+def open_study(name: str, storage: BaseStorage, seed: int | None, attrs: dict[str, object],
+               sampler: SamplerName = "tpe") -> optuna.Study:
+    """Create or resume the study, recording ``attrs`` where it has none yet.
+
+    Refuses to mix trials measured under a different model or limit.
+    """
+    try:
+        started = len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
+    except KeyError:
+        started = 0
+    # On resume, a fixed seed is shifted so the random start-up trials do not repeat the first run's.
+    chosen = make_sampler(sampler, None if seed is None else seed + started)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=chosen, direction="maximize",
+                                load_if_exists=True)
+    for key, value in attrs.items():
+        recorded = study.user_attrs.get(key)
+        if recorded is None:
+            study.set_user_attr(key, value)
+        elif key in (MODEL_KEY, MAX_P95_KEY) and recorded != value:
+            raise AutotuneError(
+                f"study {name!r} was run with {key} = {recorded}, not {value}; choose another --study"
+            )
+    return study
+
+
+def load_study(name: str | None, storage_url: str) -> optuna.Study:
+    """An existing study, for the commands that only read: the storage's only study when no name is given."""
+    storage = open_storage(storage_url, create=False)
+    names = [summary.study_name for summary in storage.get_all_studies()]
+    where = mask_password(storage_url)
+    if name is None and len(names) != 1:
+        raise AutotuneError(f"choose a study with --study; {where} holds: {', '.join(names) or 'none'}")
+    name = name if name is not None else names[0]
+    if name not in names:
+        raise AutotuneError(f"no study {name!r} in {where}; it holds: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def hardware_differences(study: optuna.Study, attrs: dict[str, object]) -> list[str]:
+    """Where this worker's server differs from the one the study was started on, as readable phrases."""
+    return [f"{key} {attrs[key]} (the study has {study.user_attrs[key]})" for key in HARDWARE_ATTRS
+            if key in attrs and key in study.user_attrs and attrs[key] != study.user_attrs[key]]

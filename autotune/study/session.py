@@ -1,0 +1,102 @@
+"""One worker's tuning session: the study opened or resumed, its trials run, the winner re-measured, and the
+model put back as the server had it, whatever happens."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import optuna
+from optuna_dashboard import save_note
+from rich.console import Console
+
+from autotune.load.loop import LoadGenerator
+from autotune.load.policy import Meter
+from autotune.records import BASE_CONFIG_KEY, CONFIRM_TOP, StudySettings
+from autotune.report.progress import TrialProgress
+from autotune.report.summary import study_note
+from autotune.search import ConcurrencySearch, SamplerName, SearchSpace, Strategy, strategy_for
+from autotune.study.objective import Objective
+from autotune.study.open import hardware_differences, open_study
+from autotune.study.storage import mask_password, open_storage
+from autotune.study.tuner import Tuner
+from autotune.triton.model_config import to_pbtxt
+from autotune.triton.server import ModelServer
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much one ``optimize`` may spend: the study's total trials, and this worker's time and patience."""
+
+    trials: int
+    timeout_s: float | None = None
+    patience: int | None = None
+
+    def since(self, started: float) -> Budget:
+        """What is left of this budget when it began at ``started`` (``time.monotonic()``)."""
+        if self.timeout_s is None:
+            return self
+        return replace(self, timeout_s=max(0.0, self.timeout_s - (time.monotonic() - started)))
+
+
+@dataclass(frozen=True)
+class Search:
+    """How the study searches: Optuna's sampler, whether concurrency is sampled or swept, and the strategy that
+    proposes trials (by default the one that goes with the sampler)."""
+
+    sampler: SamplerName = "tpe"
+    concurrency: ConcurrencySearch = "sweep"
+    seed: int | None = None
+    strategy: Strategy | None = None
+
+    @property
+    def proposers(self) -> Strategy:
+        return self.strategy if self.strategy is not None else strategy_for(self.sampler)
+
+
+def tune(server: ModelServer, load: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
+         settings: StudySettings, budget: Budget, search: Search = Search(), confirm_rounds: int = 2,
+         quiet: bool = False, hardware: dict[str, str] | None = None) -> optuna.Study:
+    """Run the study's trials on ``server``; whatever happens, the model goes back to how the server had it.
+
+    Progress goes to stderr (nothing but warnings when ``quiet``); ``hardware`` is recorded with the study and
+    compared with what it recorded before.
+    """
+    worker = {"worker_host": socket.gethostname(), "server_url": server.url,
+              "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "none")}
+    limit_ms = settings.max_p95_ms
+    try:
+        attrs = {**settings.as_attrs(), "space": space.source, BASE_CONFIG_KEY: to_pbtxt(server.original),
+                 **server.server_info(), **(hardware or {})}
+        opened = open_storage(storage, create=True)
+        study = open_study(study_name, opened, search.seed, attrs, sampler=search.sampler)
+        differences = hardware_differences(study, attrs)
+        if differences:
+            print(f"autotune: warning: this worker's server differs from the study's: {'; '.join(differences)}. "
+                  "Its trials record worker_host and server_url, so they can be told apart.", file=sys.stderr)
+        meter = Meter(load, limit_ms, load.settings.warmup_s, space.concurrency_levels())
+        objective = Objective(server, meter, space, search.concurrency == "sample", worker)
+        strategy = search.proposers
+        tuner = Tuner(study, opened, objective, strategy, np.random.default_rng(search.seed))
+        console = Console(stderr=True, soft_wrap=True, quiet=quiet)
+        console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit {limit_ms:g} ms, "
+                      f"study {study_name} in {mask_password(storage)}", markup=False, highlight=False)
+        try:
+            with TrialProgress(study, budget.trials, limit_ms, console, strategy) as progress:
+                early_stop = tuner.optimize(budget.trials, [progress], budget.timeout_s, budget.patience)
+            if early_stop is not None:
+                console.print(early_stop, markup=False, highlight=False)
+            if confirm_rounds:
+                console.print(f"Re-measuring the top {CONFIRM_TOP} feasible configs, {confirm_rounds} rounds ...",
+                              markup=False, highlight=False)
+                tuner.confirm(confirm_rounds)
+        finally:
+            save_note(study, study_note(study))
+    finally:
+        server.restore()
+        server.close()
+    return study

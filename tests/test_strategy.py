@@ -1,0 +1,214 @@
+"""The search strategy and the measurement policy, driven through the study loop against fakes of the server
+and the load (``tests/fakes.py``): no Triton server, milliseconds a test."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import replace
+
+import pytest
+from fakes import QUICK, FakeTarget, ReadingsLoad, ScriptedLoad, make_tuner
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.errors import AutotuneError
+from autotune.load.policy import Meter
+from autotune.load.windows import Measurement
+from autotune.records import SAME_AS_KEY, is_feasible, trial_params
+from autotune.report.summary import trial_line
+from autotune.search import (
+    DEFAULT_STRATEGY,
+    DELAY_RUNG_KEY,
+    SAMPLERS_TURN,
+    STEP_FROM_KEY,
+    Context,
+    IntRange,
+    Proposal,
+    Proposer,
+    SearchSpace,
+    Strategy,
+    check_sampler,
+)
+from autotune.study.confirm import Run, crown
+
+
+def test_a_window_without_replies_condemns_nothing_but_errors_do() -> None:
+    """A freshly loaded model can stall past the warm-up; a point whose windows all stay empty fails anyway."""
+    meter = Meter(ReadingsLoad([]), max_p95_ms=1000.0, warmup_s=QUICK.warmup_s, levels=[1])
+    empty = Measurement(concurrency=2, throughput=0.0, p50_ms=math.inf, p90_ms=math.inf, p95_ms=math.inf,
+                        p99_ms=math.inf, requests=0, errors=0, windows=1, stable=False)
+    assert not meter.hopeless(empty)
+    assert meter.hopeless(replace(empty, errors=1))
+    assert meter.hopeless(replace(empty, requests=5, p50_ms=meter.max_p95_ms + 1))
+
+
+def test_the_first_trials_are_the_baseline_and_the_guides_rule_of_thumb_with_the_fewest_and_most_instances() -> None:
+    space = SearchSpace(instance_count=IntRange(1, 2), concurrency=IntRange(1, 128))
+    tuner = make_tuner(FakeTarget(), ReadingsLoad([(100.0, 5.0)] * 3), space=space, strategy=DEFAULT_STRATEGY)
+    tuner.optimize(3)
+    baseline, *rules = tuner.study.trials
+    assert baseline.user_attrs["baseline"] and all(rule.user_attrs["rule_of_thumb"] for rule in rules)
+    # Dynamic batching up to mlp's max_batch_size 32, one instance then two, concurrency 2 x 32 x instances.
+    for rule, instances in zip(rules, (1, 2), strict=True):
+        assert rule.user_attrs["config"] == {"dynamic_batching": True, "max_batch_size": 32,
+                                             "instance_count": instances, "max_queue_delay_microseconds": 100,
+                                             "preferred_batch_size": [32]}
+    assert [rule.params["concurrency"] for rule in rules] == [64, 128]
+
+
+def test_the_crown_goes_to_runs_that_held_the_limit_then_to_the_highest_median() -> None:
+    flattered = [Run(1500.0, 12.0, 0), Run(1450.0, 11.0, 0)]  # the best first measurement, now over a 10 ms limit
+    steady = [Run(1200.0, 9.0, 0), Run(1190.0, 9.5, 0)]
+    faster = [Run(1300.0, 9.8, 0), Run(1250.0, 10.5, 0)]  # held the limit once in two: still eligible
+    assert crown({1: flattered, 2: steady, 3: faster}, max_p95_ms=10.0) == 3
+    assert crown({1: flattered, 2: steady}, max_p95_ms=10.0) == 2
+    assert crown({1: flattered, 2: [Run(900.0, 20.0, 0), Run(900.0, 9.0, 3)]}, max_p95_ms=10.0) == 1
+
+
+NO_BATCHING = {"instance_count": 1, "dynamic_batching": False}
+# Batches of 8, and a long delay: below 8 requests in flight each batch waits the delay out.
+BATCHES_OF_8 = {"instance_count": 1, "dynamic_batching": True, "max_batch_size": 8,
+                "max_queue_delay_microseconds": 15000, "preferred_batch_size": "max"}
+
+
+@pytest.mark.parametrize(("config", "figures", "swept", "chosen"), [
+    pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 6), 4: (300, 9), 8: (310, 15)}, [1, 2, 4, 8], 8,
+                 id="saturated"),
+    pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 8), 4: (300, 25)}, [1, 2, 4], 2, id="over-the-limit"),
+    pytest.param(NO_BATCHING, {1: (100, 5), 2: (200, 6), 4: (400, 9), 8: (800, 12), 16: (1600, 18)},
+                 [1, 2, 4, 8, 16], 16, id="end-of-range"),
+    pytest.param(BATCHES_OF_8, {1: (60, 25), 2: (60, 30), 4: (50, 35), 8: (900, 12), 16: (880, 15)},
+                 [1, 2, 4, 8, 16], 8, id="batcher-filled-only-from-8"),
+])
+def test_a_sweep_stops_once_doubling_gains_under_5_percent_or_breaks_the_limit(
+    config: dict[str, object], figures: dict[int, tuple[float, float]], swept: list[int], chosen: int,
+) -> None:
+    tuner = make_tuner(FakeTarget(), ScriptedLoad(figures), max_p95_ms=20.0,
+                       space=SearchSpace(concurrency=IntRange(1, 16)), concurrency_search="sweep")
+    tuner.study.enqueue_trial(config)
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
+    assert [point[0] for point in trial.user_attrs["sweep"]] == swept
+    assert trial.user_attrs["concurrency"] == chosen and is_feasible(trial)
+
+
+def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial() -> None:
+    tuner = make_tuner(FakeTarget(), ScriptedLoad({1: (100, 25)}), max_p95_ms=20.0, concurrency_search="sweep")
+    tuner.study.enqueue_trial(NO_BATCHING)
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
+    assert trial.user_attrs["sweep"] == [[1, 100, 25]]
+    assert trial.state == TrialState.COMPLETE and not is_feasible(trial)
+
+
+def test_a_sweep_answers_a_config_it_swept_before_with_that_sweep() -> None:
+    load = ScriptedLoad({1: (100, 5), 2: (190, 8), 4: (300, 25)})
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, concurrency_search="sweep")
+    tuner.study.enqueue_trial(NO_BATCHING)
+    tuner.study.enqueue_trial(NO_BATCHING)
+    tuner.optimize(2)
+    first, repeat = tuner.study.trials
+    assert repeat.user_attrs[SAME_AS_KEY] == first.number
+    assert repeat.user_attrs["sweep"] == first.user_attrs["sweep"] == [[1, 100, 5], [2, 190, 8], [4, 300, 25]]
+    assert repeat.user_attrs["concurrency"] == 2 and repeat.value == 190
+
+
+def test_the_samplers_trials_and_steps_from_the_best_config_take_turns() -> None:
+    # Every config measures alike, so the first trial stays the best.
+    load = ScriptedLoad({c: (100.0 * c, 5.0) for c in (1, 2, 4, 8, 16, 32, 64)})
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, concurrency_search="sweep")
+    tuner.study.enqueue_trial(BATCHES_OF_8)
+    tuner.optimize(5)
+    trials = tuner.study.trials
+    assert [t.user_attrs.get(STEP_FROM_KEY) for t in trials] == [None, 0, None, 0, None]
+    for step in (1, 3):
+        assert len([key for key, value in BATCHES_OF_8.items() if trials[step].params[key] != value]) == 1
+        assert trial_params(trials[step]) not in {trial_params(t) for t in trials[:step]}, "a step goes somewhere new"
+    assert not tuner.study.get_trials(states=(TrialState.WAITING,)), "no step is queued past the budget"
+
+
+@pytest.mark.parametrize("last_rung", [pytest.param((800.0, 10.0), id="under-3/4-of-the-best-rung"),
+                                       pytest.param((1300.0, 25.0), id="over-the-limit")])
+def test_each_rule_of_thumbs_delay_climbs_a_step_a_trial_until_a_rung_is_clearly_worse_then_steps_begin(
+    last_rung: tuple[float, float],
+) -> None:
+    load = ReadingsLoad([
+        (100.0, 5.0),  # the baseline
+        (1000.0, 10.0), (600.0, 10.0),  # the rule of thumb with 1 instance, and with 2
+        (900.0, 10.0), (1200.0, 12.0), last_rung,  # 1 instance: a dip within the noise, a new best, the last rung
+        (700.0, 10.0), (400.0, 10.0),  # 2 instances: a rung that climbs on, then one clearly worse
+        (500.0, 5.0)])
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(instance_count=IntRange(1, 2)),
+                       strategy=DEFAULT_STRATEGY)
+    tuner.optimize(9)
+    trials = tuner.study.trials
+    assert [t.user_attrs.get(DELAY_RUNG_KEY) for t in trials] == [None, None, None, 1, 2, 3, 1, 2, None]
+    assert [trial_params(t).instance_count for t in trials[1:8]] == [1, 2, 1, 1, 1, 2, 2]
+    # A quarter of the delay's log range (50 us to 20 ms) a rung: x 4.47.
+    assert [trial_params(t).max_queue_delay_microseconds for t in trials[1:8]] == [100, 100, 447, 1999, 8940,
+                                                                                  447, 1999]
+    assert trials[8].user_attrs[STEP_FROM_KEY] == 4, "once the ladders end, steps start from the best config"
+
+
+NO_REPLY = (0.0, math.inf)
+
+
+@pytest.mark.parametrize(("readings", "state"), [
+    pytest.param([NO_REPLY, (1000.0, 10.0)], TrialState.COMPLETE, id="a-stall"),
+    pytest.param([NO_REPLY, NO_REPLY], TrialState.FAIL, id="a-model-that-never-answers"),
+])
+def test_a_trial_without_a_single_reply_is_measured_once_more_fully_warmed_up_before_it_fails(
+    readings: list[tuple[float, float]], state: TrialState
+) -> None:
+    load = ReadingsLoad(readings)
+    tuner = make_tuner(FakeTarget(), load)
+    tuner.study.enqueue_trial({**NO_BATCHING, "concurrency": 2})
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
+    assert trial.state == state
+    assert not load.readings, "both readings were taken"
+    assert trial.user_attrs["warmup_s"] == pytest.approx(2 * QUICK.warmup_s)
+    if state == TrialState.FAIL:
+        assert trial.user_attrs["fail_reason"] == "no request succeeded: no reply within the window"
+
+
+def test_the_gp_sampler_without_its_extra_is_an_error_that_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("torch", "scipy") else find_spec(name, *args))
+    with pytest.raises(AutotuneError, match=r"--sampler gp needs torch and scipy: pip install 'autotune\[gp\]'"):
+        check_sampler("gp")
+    check_sampler("tpe")
+
+
+class MostInstances(Proposer):
+    """The README's example of a new strategy: once, the model as configured with the most instances."""
+
+    def propose(self, context: Context) -> Proposal | None:
+        if any(t.user_attrs.get("most_instances") for t in context.trials):
+            return None
+        return Proposal({"instance_count": context.space.instance_count.high, "dynamic_batching": False},
+                        {"most_instances": True})
+
+    @staticmethod
+    def label(trial: FrozenTrial) -> str | None:
+        return "the most instances" if trial.user_attrs.get("most_instances") else None
+
+
+def test_a_new_proposer_composed_before_the_default_strategy_runs_first_and_words_its_own_trials() -> None:
+    strategy = Strategy(MostInstances(), *DEFAULT_STRATEGY.proposers)
+    tuner = make_tuner(FakeTarget(), ReadingsLoad([(100.0, 5.0)] * 3), strategy=strategy)
+    tuner.optimize(3)
+    first, baseline, rule = tuner.study.trials
+    assert trial_params(first).instance_count == 4 and not trial_params(first).dynamic_batching
+    assert trial_line(first, 3, 1000.0, strategy).endswith("ok, the most instances [no dynamic batching, 4 instances]")
+    assert baseline.user_attrs["baseline"] and rule.user_attrs["rule_of_thumb"], "then the default strategy's"
+    assert strategy.label(baseline) == ["the baseline (the model as configured)"]
+    assert strategy.label(first) == ["the most instances"] and DEFAULT_STRATEGY.label(first) == []
+
+
+def test_the_samplers_turn_comes_when_no_proposer_has_a_trial() -> None:
+    tuner = make_tuner(FakeTarget(), ReadingsLoad([(100.0, 5.0)] * 2), strategy=Strategy())
+    tuner.optimize(2)
+    assert all(not t.user_attrs.get("baseline") and "config" in t.user_attrs for t in tuner.study.trials)
+    assert tuner.propose() == SAMPLERS_TURN
