@@ -18,7 +18,8 @@ from autotune.params import ServerParams
 # A trial's user attributes.
 CONFIG_KEY = "config"  # the server settings it ran with (``ServerParams.as_dict``)
 CONCURRENCY_KEY = "concurrency"  # the client concurrency that stands for it
-SWEEP_KEY = "sweep"  # its concurrency sweep: [concurrency, throughput, p95 ms] per point
+SWEEP_KEY = "sweep"  # its concurrency sweep: [concurrency, throughput, p95 ms] per point, in the order measured
+CAPPED_KEY = "capped"  # its sweep still gained at the space's highest concurrency: the space ended it
 FAIL_REASON_KEY = "fail_reason"  # why it failed, when for a reason of its own (it counts toward the budget)
 PRUNED_REASON_KEY = "pruned_reason"  # why its measurement was cut short
 SAME_AS_KEY = "same_as"  # the earlier trial that measured its settings, whose figures it took

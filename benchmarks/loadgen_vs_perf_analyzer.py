@@ -108,7 +108,7 @@ def main() -> int:
     server_cores, client_cores = (cores[: len(cores) // 2], cores[len(cores) // 2:]) if pin else (cores, cores)
     # Before any gRPC thread exists: threads keep the affinity they were born with.
     os.sched_setaffinity(0, client_cores)
-    perf_analyzer, environment = _perf_analyzer(args.perf_analyzer)
+    perf_analyzer, environment = install_perf_analyzer(args.perf_analyzer)
     print(f"{time.strftime('%Y-%m-%d')}, {_cpu()} x {len(cores)}; server on cores {server_cores}, "
           f"clients on cores {client_cores}; windows of {WINDOW_MS} ms")
     with tempfile.TemporaryDirectory() as tmp:
@@ -300,7 +300,7 @@ def _repository(path: Path) -> Path:
     return path
 
 
-def _perf_analyzer(given: Path | None) -> tuple[Path, dict[str, str]]:
+def install_perf_analyzer(given: Path | None) -> tuple[Path, dict[str, str]]:
     """perf_analyzer and the environment it runs in: installed on first use, as design notes describe."""
     if ctypes.util.find_library("b64") is None:
         sys.exit("perf_analyzer needs Debian's libb64-0d: apt-get install libb64-0d")

@@ -45,3 +45,15 @@ def test_a_trials_progress_line_says_where_its_settings_came_from() -> None:
     rule = create_trial(value=800.0, user_attrs=measured(800.0, 8.0, rule_of_thumb=True), system_attrs=feasible)
     assert "ok, the baseline (the model as configured) [" in trial_line(baseline, 20, 10.0)
     assert "ok, the Triton guide's rule of thumb [" in trial_line(rule, 20, 10.0)
+
+
+def test_the_summary_says_when_the_search_spaces_concurrency_bound_ended_the_best_trials_sweep() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("max_p95_ms", 200.0)
+    study.add_trial(create_trial(value=1000.0, user_attrs=measured(1000.0, 8.0, capped=True),
+                                 system_attrs={"constraints": [-192.0, 0.0]}))
+    assert ("Its throughput still rose at concurrency 2, the search space's highest: raise concurrency.high in the "
+            "space to look further.") in summary(study)
+    study.add_trial(create_trial(value=2000.0, user_attrs=measured(2000.0, 8.0),
+                                 system_attrs={"constraints": [-192.0, 0.0]}))
+    assert "still rose" not in summary(study)

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.errors import AutotuneError
 from autotune.load.policy import Meter
 from autotune.load.windows import Measurement
-from autotune.records import SAME_AS_KEY, is_feasible, trial_params
+from autotune.records import CAPPED_KEY, SAME_AS_KEY, is_feasible, trial_params
 from autotune.report.summary import trial_line
 from autotune.search import (
     DEFAULT_STRATEGY,
@@ -74,11 +74,12 @@ BATCHES_OF_8 = {"instance_count": 1, "dynamic_batching": True, "max_batch_size":
 @pytest.mark.parametrize(("config", "figures", "swept", "chosen"), [
     pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 6), 4: (300, 9), 8: (310, 15)}, [1, 2, 4, 8], 8,
                  id="saturated"),
-    pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 8), 4: (300, 25)}, [1, 2, 4], 2, id="over-the-limit"),
+    pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 8), 3: (250, 15), 4: (300, 25)}, [1, 2, 4, 3], 3,
+                 id="over-the-limit-then-between"),
     pytest.param(NO_BATCHING, {1: (100, 5), 2: (200, 6), 4: (400, 9), 8: (800, 12), 16: (1600, 18)},
                  [1, 2, 4, 8, 16], 16, id="end-of-range"),
     pytest.param(BATCHES_OF_8, {1: (60, 25), 2: (60, 30), 4: (50, 35), 8: (900, 12), 16: (880, 15)},
-                 [1, 2, 4, 8, 16], 8, id="batcher-filled-only-from-8"),
+                 [8, 16], 8, id="from-the-batchers-fill-level"),
 ])
 def test_a_sweep_stops_once_doubling_gains_under_5_percent_or_breaks_the_limit(
     config: dict[str, object], figures: dict[int, tuple[float, float]], swept: list[int], chosen: int,
@@ -92,6 +93,37 @@ def test_a_sweep_stops_once_doubling_gains_under_5_percent_or_breaks_the_limit(
     assert trial.user_attrs["concurrency"] == chosen and is_feasible(trial)
 
 
+def test_a_sweep_starts_where_the_studys_best_config_peaked_halves_while_it_breaks_the_limit_then_tries_between(
+) -> None:
+    load = ReadingsLoad([
+        (100, 5), (200, 6), (400, 8), (800, 12), (1600, 15),  # the first config: still gaining at the space's top
+        (2000, 25), (1500, 14), (1800, 18),  # the next starts there (16), halves to 8, then tries 11
+    ])
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(concurrency=IntRange(1, 16)),
+                       concurrency_search="sweep")
+    tuner.study.enqueue_trial(NO_BATCHING)
+    tuner.study.enqueue_trial(BATCHES_OF_8)
+    tuner.optimize(2)
+    first, second = tuner.study.trials
+    assert [point[0] for point in first.user_attrs["sweep"]] == [1, 2, 4, 8, 16]
+    assert first.user_attrs[CAPPED_KEY] is True, "the space, not the server, ended its sweep"
+    assert [point[0] for point in second.user_attrs["sweep"]] == [16, 8, 11]
+    assert (second.user_attrs["concurrency"], second.value) == (11, 1800)
+    assert CAPPED_KEY not in second.user_attrs and not load.readings
+
+
+def test_with_no_point_within_the_limit_a_trial_stands_on_the_closest_and_goes_one_level_below_the_fill() -> None:
+    load = ScriptedLoad({1: (40, 30), 2: (50, 30), 4: (60, 24), 8: (900, 21), 16: (950, 40)})
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(concurrency=IntRange(1, 16)),
+                       concurrency_search="sweep")
+    tuner.study.enqueue_trial(BATCHES_OF_8)
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
+    assert [point[0] for point in trial.user_attrs["sweep"]] == [8, 4]
+    assert trial.user_attrs["concurrency"] == 8 and trial.constraints.values() == pytest.approx([1.0, 0.0])
+    assert trial.state == TrialState.COMPLETE and not is_feasible(trial)
+
+
 def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial() -> None:
     tuner = make_tuner(FakeTarget(), ScriptedLoad({1: (100, 25)}), max_p95_ms=20.0, concurrency_search="sweep")
     tuner.study.enqueue_trial(NO_BATCHING)
@@ -102,14 +134,15 @@ def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial() -> 
 
 
 def test_a_sweep_answers_a_config_it_swept_before_with_that_sweep() -> None:
-    load = ScriptedLoad({1: (100, 5), 2: (190, 8), 4: (300, 25)})
+    load = ScriptedLoad({1: (100, 5), 2: (190, 8), 3: (180, 22), 4: (300, 25)})
     tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, concurrency_search="sweep")
     tuner.study.enqueue_trial(NO_BATCHING)
     tuner.study.enqueue_trial(NO_BATCHING)
     tuner.optimize(2)
     first, repeat = tuner.study.trials
     assert repeat.user_attrs[SAME_AS_KEY] == first.number
-    assert repeat.user_attrs["sweep"] == first.user_attrs["sweep"] == [[1, 100, 5], [2, 190, 8], [4, 300, 25]]
+    assert repeat.user_attrs["sweep"] == first.user_attrs["sweep"] == [[1, 100, 5], [2, 190, 8], [4, 300, 25],
+                                                                       [3, 180, 22]]
     assert repeat.user_attrs["concurrency"] == 2 and repeat.value == 190
 
 

@@ -161,7 +161,7 @@ def test_a_sweep_raises_concurrency_on_one_loaded_config_and_keeps_its_best_feas
     tuner_for: Callable[..., Tuner],
 ) -> None:
     tuner = tuner_for("mlp", "sweep", space=SearchSpace(concurrency=IntRange(1, 8)))
-    tuner.study.enqueue_trial({k: v for k, v in batching(8).items() if k != "concurrency"})
+    tuner.study.enqueue_trial({"instance_count": 1, "dynamic_batching": False})
     tuner.optimize(1)
     (trial,) = tuner.study.trials
     sweep = trial.user_attrs["sweep"]

@@ -93,9 +93,9 @@ def optimize(
     seed: Annotated[int | None, typer.Option(help="Sampler seed, for repeatable studies.")] = None,
     output: Annotated[Path | None, typer.Option(
         help="Where to write the best config.pbtxt. Default: studies/STUDY/config.pbtxt.")] = None,
-    window: Window = "1s",
+    window: Window = "0.5s",
     warmup: Warmup = "0.5s",
-    max_windows: MaxWindows = 8,
+    max_windows: MaxWindows = 6,
     shapes: Shapes = None,
     input_data: InputData = None,
     client_processes: ClientProcesses = 1,

@@ -18,7 +18,8 @@ ModelRepository = Annotated[Path, typer.Option(
 Url = Annotated[str | None, typer.Option(
     help="gRPC host:port of your own Triton server, started with --model-control-mode=explicit. "
     "Default: start the embedded server on loopback.")]
-Window = Annotated[str, typer.Option(help="Length of one measurement window.")]
+Window = Annotated[str, typer.Option(
+    help="Length of one measurement window; a window with fewer than 20 replies runs on, up to 4 times as long.")]
 Warmup = Annotated[str, typer.Option(
     help="Load before the first window counts. optimize gives a config that is already warm a 0.1 s settle.")]
 MaxWindows = Annotated[int, typer.Option(min=3, help="Windows per point before giving up on stability.")]

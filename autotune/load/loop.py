@@ -1,7 +1,8 @@
 """The asyncio gRPC load loop: keeps N requests in flight and measures throughput and latency percentiles.
 
-It works like perf_analyzer's concurrency mode: a warm-up, then fixed-length measurement windows until the
-last three agree (throughput and p95 within 10 % of their mean) or a window cap is reached. Then no request
+It works like perf_analyzer's concurrency mode: a warm-up, then measurement windows on a fixed clock until the
+last three agree (``windows.stable``) or a window cap is reached; a window with replies but fewer than
+``MIN_WINDOW_REQUESTS`` runs on for a few window lengths, as perf_analyzer's count windows do. Then no request
 is sent any more and those in flight may finish for up to one window; only what is left after that is
 cancelled, so one point never takes longer than its warm-up plus one window more than it measured. Cancelling
 is the exception on purpose: Triton's gRPC frontend (2.51, the embedded one) can abort when a request is
@@ -52,6 +53,10 @@ CHANNEL_OPTIONS = [("grpc.enable_retries", 0), ("grpc.max_send_message_length", 
 # Triton's C++ client, and so perf_analyzer, shares one connection among at most 6 clients (its
 # TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT); the load loop spreads its requests in flight the same way.
 REQUESTS_PER_CONNECTION = 6
+# A window closes on the clock once it holds this many completions, at most LONGEST_WINDOW window lengths late.
+# Twenty make a p95 the second-slowest of them; perf_analyzer's count windows hold 50.
+MIN_WINDOW_REQUESTS = 20
+LONGEST_WINDOW = 4
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,8 @@ class LoadSettings:
     """How long and how carefully to measure one point, and with how many client processes."""
 
     warmup_s: float = 0.5
-    window_s: float = 1.0
-    max_windows: int = 8
+    window_s: float = 0.5
+    max_windows: int = 6
     stability: float = 0.10
     request_timeout_s: float = 30.0
     processes: int = 1
@@ -239,11 +244,17 @@ class LoadGenerator:
         collect(boundary)
         windows: list[Window] = []
         while len(windows) < settings.max_windows:
-            boundary += settings.window_s
-            await asyncio.sleep(max(0.0, boundary - time.perf_counter()))
-            parts = collect(boundary)
+            opened, parts = boundary, []
+            # A window that has replies but fewer than MIN_WINDOW_REQUESTS runs on, up to LONGEST_WINDOW window
+            # lengths, so that a slow point's p95 is a percentile of something. One without any (a stall, a model
+            # that never answers) closes on time.
+            while not parts or (0 < sum(len(p[0]) + p[1] for p in parts) < MIN_WINDOW_REQUESTS
+                                and boundary - opened < LONGEST_WINDOW * settings.window_s - 1e-9):
+                boundary += settings.window_s
+                await asyncio.sleep(max(0.0, boundary - time.perf_counter()))
+                parts += collect(boundary)
             windows.append(Window(np.concatenate([p[0] for p in parts]), sum(p[1] for p in parts),
-                                   next((p[2] for p in parts if p[2]), ""), settings.window_s))
+                                   next((p[2] for p in parts if p[2]), ""), boundary - opened))
             if stop_early is not None and stop_early(summarise(concurrency, windows[-1:], settings.stability)):
                 return replace(summarise(concurrency, windows, settings.stability), cut_short=True)
             if windows[-1].errors or stable(windows[-STABLE_WINDOWS:], settings.stability):

@@ -8,6 +8,7 @@ loaded, so that a config measured again without a reload gets a short settle ins
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -41,12 +42,14 @@ class SweepPoint:
 
 @dataclass(frozen=True)
 class Reading:
-    """A trial's measurement: the point that stands for it, the sweep's points (none when one concurrency was
-    measured), and the seconds spent warming up for it."""
+    """A trial's measurement: the point that stands for it, the sweep's points in the order measured (none when one
+    concurrency was measured), the seconds spent warming up for it, and whether the sweep was still gaining at the
+    highest concurrency it may visit (the space, not the server, ended it)."""
 
     measurement: Measurement
     sweep: tuple[SweepPoint, ...]
     warmup_s: float
+    capped: bool = False
 
 
 @dataclass
@@ -63,16 +66,17 @@ class Meter:
     levels: Sequence[int]
     _warm: bool = False  # the loaded config has served load since it was loaded
 
-    def trial(self, reloaded: bool, fill: int, concurrency: int | None = None) -> Reading:
-        """Measure the loaded config at ``concurrency``, or sweep it when None (``fill``: its batcher's fill level).
+    def trial(self, reloaded: bool, fill: int, concurrency: int | None = None, start: int = 1) -> Reading:
+        """Measure the loaded config at ``concurrency``, or sweep it when None, from ``start`` requests in flight or
+        its batcher's ``fill`` level, whichever is higher.
 
         A freshly loaded model's first replies can stall past the warm-up on a busy machine (another server loading
         beside it): a measurement with not a single reply nor error is taken once more, fully warmed up, which tells
         a stall from a model that never answers.
         """
-        reading = self._measure(self._warmup(reloaded), fill, concurrency)
+        reading = self._measure(self._warmup(reloaded), fill, concurrency, start)
         if reading.measurement.requests == reading.measurement.errors == 0:
-            again = self._measure(self.warmup_s, fill, concurrency)
+            again = self._measure(self.warmup_s, fill, concurrency, start)
             reading = replace(again, warmup_s=reading.warmup_s + again.warmup_s)
         return reading
 
@@ -89,6 +93,9 @@ class Meter:
         """
         return window.errors > 0 or (window.requests > 0 and window.p50_ms > self.max_p95_ms)
 
+    def feasible(self, measured: Measurement) -> bool:
+        return not (measured.cut_short or measured.errors or measured.p95_ms > self.max_p95_ms)
+
     def _warmup(self, reloaded: bool) -> float:
         """The next point's warm-up: full on a config that has not served load since it was loaded, else a settle.
 
@@ -98,35 +105,79 @@ class Meter:
         self._warm = True
         return SETTLE_S if warm else self.warmup_s
 
-    def _measure(self, warmup_s: float, fill: int, concurrency: int | None) -> Reading:
+    def _measure(self, warmup_s: float, fill: int, concurrency: int | None, start: int) -> Reading:
         if concurrency is not None:
             return Reading(self.load.measure(concurrency, self.hopeless, warmup_s), (), warmup_s)
-        return self._sweep(warmup_s, fill)
+        return _Sweep(self, warmup_s).run(fill, start)
 
-    def _sweep(self, warmup_s: float, fill: int) -> Reading:
-        """Raise the concurrency through ``levels`` on the loaded config while it holds the limit and still gains
-        throughput. The best feasible point stands for the trial (the first, when none is); ``warmup_s`` goes before
-        the first point and a settle before each other.
 
-        Below ``fill`` requests in flight a dynamic batcher cannot fill a batch and waits out its delay, so latency
-        can fall and throughput jump once concurrency reaches it: the sweep does not stop before (errors aside).
-        Neither a reload nor a full warm-up is needed between points, so one trial learns a config's useful range.
-        """
-        first: Measurement | None = None
-        best: Measurement | None = None
-        points: list[SweepPoint] = []
-        spent = 0.0
-        for concurrency in self.levels:
-            point_warmup_s = SETTLE_S if first else warmup_s
-            spent += point_warmup_s
-            measured = self.load.measure(concurrency, self.hopeless, point_warmup_s)
-            points.append(SweepPoint(concurrency, measured.throughput, measured.p95_ms))
-            first = first or measured
-            feasible = not (measured.cut_short or measured.errors or measured.p95_ms > self.max_p95_ms)
-            gained = best is None or measured.throughput >= best.throughput * (1 + SATURATION_GAIN)
-            if feasible and (best is None or measured.throughput > best.throughput):
+class _Sweep:
+    """One concurrency sweep of the loaded config (``Meter.trial``).
+
+    It starts at the higher of ``start`` (where the study's best config peaked) and the batcher's fill level (below
+    it a dynamic batcher cannot fill a batch and waits out its delay), snapped down to a level, and doubles while
+    the config holds the limit and still gains throughput. A start that breaks the limit halves instead, until a
+    point holds it, going at most one level below the fill level (there each batch waits the delay out). Between
+    the highest point that held the limit and the lowest one above it that broke it by latency, one point at their
+    geometric mean is tried: the answer often sits between two powers of two. Neither a reload nor a full warm-up
+    is needed between points, so one trial learns a config's useful range from a few points.
+    """
+
+    def __init__(self, meter: Meter, warmup_s: float) -> None:
+        self.meter = meter
+        self.warmup_s = warmup_s
+        self.points: list[Measurement] = []
+        self.spent = 0.0
+
+    def measure(self, concurrency: int) -> Measurement:
+        point_warmup_s = SETTLE_S if self.points else self.warmup_s
+        self.spent += point_warmup_s
+        measured = self.meter.load.measure(concurrency, self.meter.hopeless, point_warmup_s)
+        self.points.append(measured)
+        return measured
+
+    def run(self, fill: int, start: int) -> Reading:
+        levels, feasible = list(self.meter.levels), self.meter.feasible
+        index = max([0, *(i for i, level in enumerate(levels) if level <= max(start, fill))])
+        measured = self.measure(levels[index])
+        capped = False
+        if feasible(measured):
+            best = measured
+            for level in levels[index + 1:]:
+                measured = self.measure(level)
+                if not feasible(measured) or measured.throughput < best.throughput * (1 + SATURATION_GAIN):
+                    break
                 best = measured
-            if measured.errors or (concurrency >= fill and not (feasible and gained)):
-                break
-        assert first is not None, "a search space always has a concurrency"
-        return Reading(best or first, tuple(points), spent)
+            else:
+                capped = True
+        elif not measured.errors:
+            for level in reversed(levels[:index]):
+                if level < fill and self.points[-1].concurrency < fill:
+                    break  # one point below the fill level at most
+                measured = self.measure(level)
+                if feasible(measured) or measured.errors:
+                    break
+        self._bisect()
+        return Reading(self._standing(), tuple(SweepPoint(p.concurrency, p.throughput, p.p95_ms) for p in self.points),
+                       self.spent, capped)
+
+    def _bisect(self) -> None:
+        """One point between the highest feasible concurrency and the lowest above it that broke the limit."""
+        feasible = self.meter.feasible
+        held = [p.concurrency for p in self.points if feasible(p)]
+        if not held or any(p.errors for p in self.points):
+            return
+        above = [p.concurrency for p in self.points if not feasible(p) and p.concurrency > max(held)]
+        if not above:
+            return
+        low, high = max(held), min(above)
+        middle = round(math.sqrt(low * high))
+        if low < middle < high:
+            self.measure(middle)
+
+    def _standing(self) -> Measurement:
+        """The best feasible point; when none is, the one closest to feasibility (errors last, then by p95)."""
+        feasible = [p for p in self.points if self.meter.feasible(p)]
+        if feasible:
+            return max(feasible, key=lambda p: p.throughput)
+        return min(self.points, key=lambda p: (p.errors > 0, p.cut_short, p.p95_ms))

@@ -1,8 +1,8 @@
 """What a point's measurement windows add up to: pure functions over the latencies each window collected.
 
-A point is stable once its last ``STABLE_WINDOWS`` windows agree (throughput and p95 within the stability
-tolerance of their mean), as perf_analyzer decides. Its figures come from every request of those windows, with
-latencies kept exactly, not binned.
+A point is stable once its last ``STABLE_WINDOWS`` windows agree: the spread of their throughputs within the
+stability tolerance of their mean, that of their p95s within 1.5 times it. Its figures come from every request of
+those windows, with latencies kept exactly, not binned.
 """
 
 from __future__ import annotations
@@ -55,12 +55,14 @@ class Window:
 
 
 def stable(windows: Sequence[Window], tolerance: float) -> bool:
-    """Whether the last ``STABLE_WINDOWS`` windows agree within ``tolerance`` (a share of their mean)."""
-    if len(windows) < STABLE_WINDOWS:
+    """Whether the last ``STABLE_WINDOWS`` windows agree: their throughputs spread by at most ``tolerance`` of
+    their mean (coefficient of variation), their p95s by at most 1.5 times that (a tail is noisier)."""
+    counted = windows[-STABLE_WINDOWS:]
+    if len(counted) < STABLE_WINDOWS:
         return False
-    for values in ([w.throughput for w in windows], [w.p95 for w in windows]):
+    for values, allowed in (([w.throughput for w in counted], tolerance), ([w.p95 for w in counted], 1.5 * tolerance)):
         mean = float(np.mean(values))
-        if not np.isfinite(mean) or mean == 0 or any(abs(v - mean) > tolerance * mean for v in values):
+        if not np.isfinite(mean) or mean == 0 or float(np.std(values)) > allowed * mean:
             return False
     return True
 

@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.records import (
     BASE_CONFIG_KEY,
+    CAPPED_KEY,
     CONFIRMED_KEY,
     MAX_P95_KEY,
     MODEL_KEY,
@@ -82,6 +83,9 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
     ratio = _gain(best, baseline)
     gain = f" ({ratio:.2f}x the baseline)" if ratio is not None else ""
     lines += ["", f"Best (trial {best.number}): {_pa_line(best)}{gain}", f"  {describe(best.user_attrs['config'])}"]
+    if best.user_attrs.get(CAPPED_KEY):
+        lines.append(f"  Its throughput still rose at concurrency {best.user_attrs['concurrency']}, the search space's "
+                     "highest: raise concurrency.high in the space to look further.")
     lines += confirmation(study)
     ranked = top_feasible(study, top)
     lines += ["", f"Top {len(ranked)} feasible configurations:",

@@ -23,6 +23,7 @@ from autotune.params import ServerParams
 from autotune.records import (
     BASELINE_KEY,
     BASELINE_SUMMARY_KEY,
+    CAPPED_KEY,
     CONCURRENCY_KEY,
     CONFIG_KEY,
     CONSTRAINTS_KEY,
@@ -30,6 +31,7 @@ from autotune.records import (
     PRUNED_REASON_KEY,
     SAME_AS_KEY,
     SWEEP_KEY,
+    best_trial,
     best_value,
     constraints,
     trial_params,
@@ -40,7 +42,7 @@ from autotune.triton.model_config import ModelConfig, apply, params_of
 from autotune.triton.server import SERVER_TIMES, server_times
 
 # What a trial's user attributes hold about its measurement (the rest: its settings, worker and timings).
-_MEASURED = frozenset({f.name for f in fields(Measurement)} | {SWEEP_KEY, *SERVER_TIMES})
+_MEASURED = frozenset({f.name for f in fields(Measurement)} | {SWEEP_KEY, CAPPED_KEY, *SERVER_TIMES})
 
 
 class Target(Protocol):
@@ -96,10 +98,14 @@ class Objective:
             trial.set_user_attr("reload_s", round(time.monotonic() - started, 3))
         before = self.target.statistics()
         started = time.monotonic()
-        reading = self.meter.trial(reloaded, params.fill_level, concurrency)
+        best = best_trial(trial.study)
+        start = best.user_attrs[CONCURRENCY_KEY] if best is not None else 1
+        reading = self.meter.trial(reloaded, params.fill_level, concurrency, start)
         measurement = reading.measurement
         if concurrency is None:
             trial.set_user_attr(SWEEP_KEY, [point.as_record() for point in reading.sweep])
+        if reading.capped:
+            trial.set_user_attr(CAPPED_KEY, True)
         trial.set_user_attr("measure_s", round(time.monotonic() - started, 3))
         trial.set_user_attr("warmup_s", round(reading.warmup_s, 3))
         _record(trial, measurement, before, self.target.statistics())

@@ -1,0 +1,203 @@
+"""How long a 20-trial study takes, and how good its pick is: this checkout against an earlier main, live.
+
+    python benchmarks/study_speed.py [--models mlp wide_mlp gpu_like contended] [--max-p95 10ms] [--seeds 3]
+                                     [--old REF] [--old-seeds 1] [--rounds 2] [--fresh]
+
+1. Studies. For each model, ``autotune optimize`` runs with its defaults (20 trials, the model's space from
+   ``studies/`` or ``benchmarks/profiles/``) on an embedded server, once per seed from this checkout and from
+   ``--old`` (a ``git worktree`` of that ref, the previous main by default), one after the other in this run. Its
+   wall time is the whole command's, server start and re-measurement included. Each study's pick and wall time go
+   into ``benchmarks/results/study_speed.json`` with the date and the commit, so that a rerun measures only what is
+   not there yet (``--fresh`` measures everything again).
+2. The yardstick. Every pick of this run is measured again by perf_analyzer (2.51) on one embedded server,
+   round-robin, ``--rounds`` times, at the concurrency the study chose. A pick's score is its median throughput over
+   the best median of the picks that held the limit in at least half their runs; a pick that did not is marked.
+
+The model profiles under ``benchmarks/profiles/``: ``gpu_like`` (each batch holds one device shared by every
+instance for 2 ms + 0.25 ms per request, sleeping) and ``contended`` (a batch's work grows with the square of its
+size, on every core). Results and their reading are in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from loadgen_vs_perf_analyzer import install_perf_analyzer
+
+from autotune import EmbeddedServer, ModelServer, ServerParams, apply
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ROOT / "benchmarks" / "profiles"
+RESULTS = ROOT / "benchmarks" / "results" / "study_speed.json"
+PA_WINDOW_MS = 2000
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One study's outcome: who ran it, how long it took, and the config and concurrency it chose."""
+
+    code: str  # "new" or "old"
+    commit: str
+    model: str
+    max_p95_ms: float
+    seed: int
+    wall_s: float
+    config: dict[str, object] | None
+    concurrency: int | None
+    measured: float | None  # the study's own reading of its pick
+    date: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.commit}|{self.model}|{self.max_p95_ms:g}|{self.seed}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["mlp", "wide_mlp", "gpu_like", "contended"])
+    parser.add_argument("--max-p95", type=float, default=10.0, metavar="MS", help="the p95 limit in milliseconds")
+    parser.add_argument("--seeds", type=int, default=3, help="studies per model from this checkout")
+    parser.add_argument("--old", default="bba9d2a", help="the earlier main to compare with (a git ref)")
+    parser.add_argument("--old-seeds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2, help="perf_analyzer re-measurements of each pick")
+    parser.add_argument("--fresh", action="store_true", help="measure every study again, ignoring the cache")
+    args = parser.parse_args()
+    cache = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
+    new_commit = _commit("HEAD")
+    old_commit = _commit(args.old)
+    picks: list[Pick] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = _repository(Path(tmp) / "model_repository")
+        old_tree = _worktree(old_commit, Path(tmp) / "old")
+        for model in args.models:
+            runs = [("new", new_commit, ROOT, seed) for seed in range(args.seeds)]
+            runs += [("old", old_commit, old_tree, seed) for seed in range(args.old_seeds)]
+            for code, commit, tree, seed in runs:
+                key = f"{commit}|{model}|{args.max_p95:g}|{seed}"
+                if key in cache:
+                    pick = Pick(**cache[key])
+                else:
+                    pick = _study(code, commit, tree, repository, model, args.max_p95, seed, Path(tmp))
+                    cache[key] = asdict(pick)
+                    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                    RESULTS.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+                print(f"  {model} {code} seed {seed}: {pick.wall_s:.0f} s, pick {pick.config} at "
+                      f"{pick.concurrency} ({pick.measured} infer/s by the study)", flush=True)
+                picks.append(pick)
+        subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=False)
+        scores = _remeasure(repository, picks, args.rounds, Path(tmp))
+    _print(picks, scores, args)
+    return 0
+
+
+def _commit(ref: str) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _worktree(commit: str, path: Path) -> Path:
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, check=True,
+                   capture_output=True)
+    return path
+
+
+def _repository(path: Path) -> Path:
+    """The shipped models and the benchmark's profiles, in one repository."""
+    shutil.copytree(ROOT / "model_repository", path)
+    for profile in PROFILES.iterdir():
+        if profile.is_dir():
+            shutil.copytree(profile, path / profile.name)
+    return path
+
+
+def _space(model: str) -> Path:
+    shipped = ROOT / "studies" / f"{model}.yaml"
+    return shipped if shipped.exists() else PROFILES / f"{model}.yaml"
+
+
+def _study(code: str, commit: str, tree: Path, repository: Path, model: str, limit_ms: float, seed: int,
+           tmp: Path) -> Pick:
+    """One default study of ``model``, run by the autotune of ``tree``, timed from start to end."""
+    storage = tmp / f"{code}-{model}-{seed}.db"
+    command = [sys.executable, "-m", "autotune", "optimize", "--model", model, "--model-repository", str(repository),
+               "--space", str(_space(model)), "--max-p95", f"{limit_ms:g}ms", "--seed", str(seed),
+               "--storage", f"sqlite:///{storage}", "--output", str(tmp / "config.pbtxt"), "--json"]
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=_env(tree), timeout=3600)
+    wall_s = time.monotonic() - started
+    if done.returncode != 0:
+        sys.exit(f"{code} study of {model} failed: {done.stderr[-2000:]}")
+    best = json.loads(done.stdout)["best"] or {}
+    return Pick(code, commit, model, limit_ms, seed, round(wall_s, 1), best.get("config"), best.get("concurrency"),
+                best.get("throughput"), datetime.date.today().isoformat())
+
+
+def _env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def _remeasure(repository: Path, picks: list[Pick], rounds: int, tmp: Path) -> dict[str, tuple[float, int, int]]:
+    """Each pick's (median throughput, runs that held the limit, runs) by perf_analyzer, round-robin."""
+    binary, environment = install_perf_analyzer(None)
+    runs: dict[str, list[tuple[float, float]]] = {p.key: [] for p in picks if p.config}
+    with EmbeddedServer(repository) as embedded:
+        for _ in range(rounds):
+            for pick in picks:
+                if not pick.config:
+                    continue
+                server = ModelServer(embedded.url, pick.model)
+                server.apply(apply(server.original, ServerParams.from_dict(pick.config)))
+                runs[pick.key].append(_perf(binary, environment, embedded.url, pick, tmp / "perf.csv"))
+                server.restore()
+                server.close()
+    return {key: (statistics.median(t for t, _ in values),
+                  sum(p95 <= float(key.split("|")[2]) for _, p95 in values), len(values))
+            for key, values in runs.items()}
+
+
+def _perf(binary: Path, environment: dict[str, str], url: str, pick: Pick, csv_path: Path) -> tuple[float, float]:
+    command = [str(binary), "-m", pick.model, "-u", url, "-i", "grpc", "--percentile=95",
+               "--concurrency-range", str(pick.concurrency), "--measurement-interval", str(PA_WINDOW_MS),
+               "--stability-percentage", "10", "--max-trials", "16", "-f", str(csv_path)]
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return float("nan"), float("inf")
+    with csv_path.open() as handle:
+        row = next(csv.DictReader(handle))
+    return float(row["Inferences/Second"]), float(row["p95 latency"]) / 1e3
+
+
+def _print(picks: list[Pick], scores: dict[str, tuple[float, int, int]], args: argparse.Namespace) -> None:
+    print(f"\n{datetime.date.today()}, p95 limit {args.max_p95:g} ms, 20 trials, perf_analyzer re-measured "
+          f"{args.rounds} rounds of {PA_WINDOW_MS} ms windows\n")
+    print(f"{'model':<10} {'code':<4} {'seed':>4} {'wall s':>7} {'pa infer/s':>10} {'held':>5} {'score':>6}  pick")
+    for model in args.models:
+        mine = [p for p in picks if p.model == model]
+        held = [scores[p.key][0] for p in mine if p.key in scores and 2 * scores[p.key][1] >= scores[p.key][2]]
+        top = max(held, default=float("nan"))
+        for pick in mine:
+            median, ok, n = scores.get(pick.key, (float("nan"), 0, 0))
+            feasible = n and 2 * ok >= n
+            score = f"{median / top:.2f}" if feasible else "over"
+            print(f"{model:<10} {pick.code:<4} {pick.seed:>4} {pick.wall_s:>7.0f} {median:>10.0f} {ok:>2}/{n:<2} "
+                  f"{score:>6}  {pick.config} at {pick.concurrency}")
+        for code in ("new", "old"):
+            walls = [p.wall_s for p in mine if p.code == code]
+            if walls:
+                print(f"{model:<10} {code:<4} median wall {statistics.median(walls):.0f} s over {len(walls)}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
