@@ -112,16 +112,28 @@ def test_a_sweep_starts_where_the_studys_best_config_peaked_halves_while_it_brea
     assert CAPPED_KEY not in second.user_attrs and not load.readings
 
 
-def test_with_no_point_within_the_limit_a_trial_stands_on_the_closest_and_goes_one_level_below_the_fill() -> None:
-    load = ScriptedLoad({1: (40, 30), 2: (50, 30), 4: (60, 24), 8: (900, 21), 16: (950, 40)})
+def test_with_no_point_within_the_limit_a_trial_stands_on_the_closest_and_halves_below_the_fill_while_it_helps(
+) -> None:
+    # Below 8 the batcher's 15 ms delay sets the latency: from 4 to 2, p95 falls by less than a tenth.
+    load = ScriptedLoad({1: (40, 22), 2: (50, 23), 4: (60, 24), 8: (900, 30), 16: (950, 40)})
     tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(concurrency=IntRange(1, 16)),
                        concurrency_search="sweep")
     tuner.study.enqueue_trial(BATCHES_OF_8)
     tuner.optimize(1)
     (trial,) = tuner.study.trials
-    assert [point[0] for point in trial.user_attrs["sweep"]] == [8, 4]
-    assert trial.user_attrs["concurrency"] == 8 and trial.constraints.values() == pytest.approx([1.0, 0.0])
+    assert [point[0] for point in trial.user_attrs["sweep"]] == [8, 4, 2]
+    assert trial.user_attrs["concurrency"] == 2 and list(trial.constraints.values()) == pytest.approx([3.0, 0.0])
     assert trial.state == TrialState.COMPLETE and not is_feasible(trial)
+
+
+def test_a_short_batcher_delay_lets_a_sweep_halve_below_the_fill_level_to_where_the_limit_holds() -> None:
+    load = ScriptedLoad({32: (2300, 27), 16: (2200, 12), 8: (1900, 6), 11: (2050, 9)})
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=10.0, concurrency_search="sweep")
+    tuner.study.enqueue_trial({**BATCHES_OF_8, "max_batch_size": 32, "max_queue_delay_microseconds": 100})
+    tuner.optimize(1)
+    (trial,) = tuner.study.trials
+    assert [point[0] for point in trial.user_attrs["sweep"]] == [32, 16, 8, 11]
+    assert (trial.user_attrs["concurrency"], trial.value) == (11, 2050) and is_feasible(trial)
 
 
 def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial() -> None:

@@ -19,6 +19,8 @@ from autotune.load.windows import Measurement
 SETTLE_S = 0.1
 # A sweep stops once doubling the requests in flight gains less than this: the server is saturated.
 SATURATION_GAIN = 0.05
+# Below a batcher's fill level, a sweep that halves goes on only while each halving leaves p95 under this share.
+BELOW_FILL_GAIN = 0.9
 
 
 class Load(Protocol):
@@ -117,7 +119,8 @@ class _Sweep:
     It starts at the higher of ``start`` (where the study's best config peaked) and the batcher's fill level (below
     it a dynamic batcher cannot fill a batch and waits out its delay), snapped down to a level, and doubles while
     the config holds the limit and still gains throughput. A start that breaks the limit halves instead, until a
-    point holds it, going at most one level below the fill level (there each batch waits the delay out). Between
+    point holds it; below the fill level only while halving still cuts p95 by a tenth, since there each batch can
+    wait the delay out and the delay, not the load, sets the latency. Between
     the highest point that held the limit and the lowest one above it that broke it by latency, one point at their
     geometric mean is tried: the answer often sits between two powers of two. Neither a reload nor a full warm-up
     is needed between points, so one trial learns a config's useful range from a few points.
@@ -152,8 +155,10 @@ class _Sweep:
                 capped = True
         elif not measured.errors:
             for level in reversed(levels[:index]):
-                if level < fill and self.points[-1].concurrency < fill:
-                    break  # one point below the fill level at most
+                previous = self.points[-1]
+                if previous.concurrency < fill and len(self.points) > 1 and (
+                        previous.p95_ms > BELOW_FILL_GAIN * self.points[-2].p95_ms):
+                    break  # below the fill level, the batcher's delay is the floor: halving no longer helps
                 measured = self.measure(level)
                 if feasible(measured) or measured.errors:
                     break
