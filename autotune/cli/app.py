@@ -113,8 +113,9 @@ def optimize(
         "and its batcher delay ladders (with the fewest and the most instances) they take turns with steps from "
         "the best config so far (one setting moved one step).")] = "tpe",
     concurrency_search: Annotated[ConcurrencySearch, typer.Option(
-        help="sample: concurrency is one more sampled setting. sweep: each trial raises it through powers of "
-        "two on its config, without reloads, while p95 holds and throughput still grows.")] = "sweep",
+        help="sample: concurrency is one more sampled setting. sweep: each trial doubles it on its config, "
+        "without reloads, from where the best config so far peaked (or the batcher's fill level), while p95 holds "
+        "and throughput still grows; past the limit it halves, then tries one point between.")] = "sweep",
     gpus: Annotated[str | None, typer.Option(
         help="GPU ids, e.g. 0,1: one worker with its own embedded server per GPU (CUDA_VISIBLE_DEVICES), "
         "all on one study.")] = None,
