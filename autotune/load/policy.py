@@ -120,21 +120,19 @@ class _Sweep:
     it a dynamic batcher cannot fill a batch and waits out its delay), snapped down to a level, and doubles while
     the config holds the limit and still gains throughput. A start that breaks the limit halves instead, until a
     point holds it; below the fill level only while halving still cuts p95 by a tenth, since there each batch can
-    wait the delay out and the delay, not the load, sets the latency. Between
-    the highest point that held the limit and the lowest one above it that broke it by latency, one point at their
-    geometric mean is tried: the answer often sits between two powers of two. Neither a reload nor a full warm-up
-    is needed between points, so one trial learns a config's useful range from a few points.
+    wait the delay out and the delay, not the load, sets the latency. Between the highest point that held the limit
+    and the lowest one above it that broke it, one point at their geometric mean is tried: the answer often sits
+    between two powers of two. Neither a reload nor a full warm-up is needed between points, so one trial learns a
+    config's useful range from a few points.
     """
 
     def __init__(self, meter: Meter, warmup_s: float) -> None:
         self.meter = meter
         self.warmup_s = warmup_s
         self.points: list[Measurement] = []
-        self.spent = 0.0
 
     def measure(self, concurrency: int) -> Measurement:
         point_warmup_s = SETTLE_S if self.points else self.warmup_s
-        self.spent += point_warmup_s
         measured = self.meter.load.measure(concurrency, self.meter.hopeless, point_warmup_s)
         self.points.append(measured)
         return measured
@@ -163,8 +161,9 @@ class _Sweep:
                 if feasible(measured) or measured.errors:
                     break
         self._bisect()
+        spent = self.warmup_s + SETTLE_S * (len(self.points) - 1)  # a full warm-up, then a settle before each point
         return Reading(self._standing(), tuple(SweepPoint(p.concurrency, p.throughput, p.p95_ms) for p in self.points),
-                       self.spent, capped)
+                       spent, capped)
 
     def _bisect(self) -> None:
         """One point between the highest feasible concurrency and the lowest above it that broke the limit."""

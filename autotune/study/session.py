@@ -46,16 +46,12 @@ class Budget:
 @dataclass(frozen=True)
 class Search:
     """How the study searches: Optuna's sampler, whether concurrency is sampled or swept, and the strategy that
-    proposes trials (by default the one that goes with the sampler)."""
+    proposes trials (None: the one that goes with the sampler, ``strategy_for``)."""
 
     sampler: SamplerName = "tpe"
     concurrency: ConcurrencySearch = "sweep"
     seed: int | None = None
     strategy: Strategy | None = None
-
-    @property
-    def proposers(self) -> Strategy:
-        return self.strategy if self.strategy is not None else strategy_for(self.sampler)
 
 
 def tune(server: ModelServer, load: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
@@ -80,7 +76,7 @@ def tune(server: ModelServer, load: LoadGenerator, space: SearchSpace, *, study_
                   "Its trials record worker_host and server_url, so they can be told apart.", file=sys.stderr)
         meter = Meter(load, limit_ms, load.settings.warmup_s, space.concurrency_levels())
         objective = Objective(server, meter, space, search.concurrency == "sample", worker)
-        strategy = search.proposers
+        strategy = search.strategy or strategy_for(search.sampler)
         tuner = Tuner(study, opened, objective, strategy, np.random.default_rng(search.seed))
         console = Console(stderr=True, soft_wrap=True, quiet=quiet)
         console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit {limit_ms:g} ms, "
