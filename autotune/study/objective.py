@@ -97,9 +97,9 @@ class Objective:
         finally:
             trial.set_user_attr("reload_s", round(time.monotonic() - started, 3))
         before = self.target.statistics()
-        started = time.monotonic()
-        best = best_trial(trial.study)
+        best = best_trial(trial.study) if concurrency is None else None  # a sweep starts where the best peaked
         start = best.user_attrs[CONCURRENCY_KEY] if best is not None else 1
+        started = time.monotonic()
         reading = self.meter.trial(reloaded, params.fill_level, concurrency, start)
         measurement = reading.measurement
         if concurrency is None:
