@@ -22,6 +22,7 @@ SWEEP_KEY = "sweep"  # its concurrency sweep: [concurrency, throughput, p95 ms] 
 CAPPED_KEY = "capped"  # its sweep still gained at the space's highest concurrency: the space ended it
 FAIL_REASON_KEY = "fail_reason"  # why it failed, when for a reason of its own (it counts toward the budget)
 PRUNED_REASON_KEY = "pruned_reason"  # why its measurement was cut short
+CANNOT_WIN_KEY = "cannot_win"  # cut short: over the limit where it started, reading less than the best could win
 SAME_AS_KEY = "same_as"  # the earlier trial that measured its settings, whose figures it took
 BASELINE_KEY = "baseline"  # the model as configured, the study's first trial: where tuning started
 # A study's user attributes.
@@ -85,8 +86,20 @@ def counts_or_pending(trial: FrozenTrial) -> bool:
     return counts_toward_total(trial) or trial.state in (TrialState.WAITING, TrialState.RUNNING)
 
 
+def counted(trials: list[FrozenTrial]) -> int:
+    """How much of a budget ``trials`` use up: each that ``counts_toward_total``, except that a repeat (settings an
+    earlier trial measured, answered from its figures at no cost) counts only where repeats outnumber the rest.
+
+    TPE proposes settings again once it narrows down; a repeat that cost a trial would leave the study fewer
+    measurements, while repeats that never counted could go on for ever.
+    """
+    spent = [t for t in trials if counts_toward_total(t)]
+    repeats = sum(SAME_AS_KEY in t.user_attrs for t in spent)
+    return len(spent) - repeats + max(0, 2 * repeats - len(spent))
+
+
 def counted_trials(study: TrialSource) -> int:
-    return sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
+    return counted(study.get_trials(deepcopy=False))
 
 
 def trials_since_best(study: TrialSource) -> int:

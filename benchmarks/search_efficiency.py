@@ -75,6 +75,7 @@ from autotune import (
     read_pbtxt,
     trial_params,
 )
+from autotune.load.windows import MIN_WINDOWS, relative_error
 from autotune.units import format_ms, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -341,8 +342,9 @@ class ReplayLoad:
     """Stands in for ``LoadGenerator``: the grid's figures for the loaded config, with log-normal noise.
 
     Throughput is multiplied by the noise factor and latency divided by it (Little's law at a fixed concurrency).
-    A point costs autotune's default warm-up plus as many windows as the grid needed to settle, or one window when
-    ``stop_early`` condemns it (``pruning=False`` ignores that, to show what pruning saves).
+    A point costs autotune's default warm-up plus as many windows as the grid needed to settle, one window when
+    ``stop_early`` condemns it (``pruning=False`` ignores that, to show what pruning saves), or two when ``enough``
+    is satisfied by two windows whose figures are as uncertain as the noise makes them.
     """
 
     grid: Grid
@@ -353,13 +355,19 @@ class ReplayLoad:
     pruning: bool = True
     settings: LoadSettings = field(default_factory=LoadSettings)
 
-    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None) -> Measurement:
+    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None,
+                enough: object = None) -> Measurement:
         point = self.grid.points[self.grid.snap(self.server.loaded, concurrency)]
         factor = float(np.exp(self.rng.normal(0.0, self.noise)))
+        two_windows = relative_error([1 - self.noise, 1 + self.noise])
         measured = Measurement(
             concurrency=concurrency, throughput=point.throughput * factor, p50_ms=point.p50_ms / factor,
             p90_ms=point.p95_ms / factor, p95_ms=point.p95_ms / factor, p99_ms=point.p95_ms / factor,
-            requests=max(1, round(point.throughput)), errors=point.errors, windows=point.windows, stable=True)
+            requests=max(1, round(point.throughput)), errors=point.errors, windows=MIN_WINDOWS, stable=False,
+            throughput_error=two_windows, p95_error=two_windows)
+        if not (callable(enough) and enough(measured)):
+            measured = replace(measured, windows=max(point.windows, MIN_WINDOWS), stable=True, throughput_error=0.0,
+                               p95_error=0.0)
         if self.pruning and callable(stop_early) and stop_early(measured):
             measured = replace(measured, windows=1, cut_short=True)
         self.clock.spend(self.settings.warmup_s if warmup_s is None else warmup_s, overhead=True)

@@ -3,7 +3,7 @@ Triton server, and a helper that builds a tuner over any target and load."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +55,14 @@ def reading(concurrency: int, throughput: float, p95_ms: float) -> Measurement:
 
 @dataclass
 class ScriptedLoad:
-    """Fixed (throughput, p95 ms) figures per concurrency, to pin down where a sweep stops."""
+    """Fixed (throughput, p95 ms) figures per concurrency, to pin down where a sweep stops; a point warms up for
+    as long as it is given."""
 
     figures: dict[int, tuple[float, float]]
 
-    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None) -> Measurement:
-        return reading(concurrency, *self.figures[concurrency])
+    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None,
+                enough: object = None) -> Measurement:
+        return replace(reading(concurrency, *self.figures[concurrency]), warmup_s=warmup_s or 0.0)
 
 
 @dataclass
@@ -69,8 +71,9 @@ class ReadingsLoad:
 
     readings: list[tuple[float, float]]
 
-    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None) -> Measurement:
-        return reading(concurrency, *self.readings.pop(0))
+    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None,
+                enough: object = None) -> Measurement:
+        return replace(reading(concurrency, *self.readings.pop(0)), warmup_s=warmup_s or 0.0)
 
 
 def make_tuner(target: Target, load: Load, *, max_p95_ms: float = 1000.0, space: SearchSpace | None = None,

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.errors import AutotuneError
 from autotune.load.policy import Meter
 from autotune.load.windows import Measurement
-from autotune.records import CAPPED_KEY, SAME_AS_KEY, is_feasible, trial_params
+from autotune.records import CAPPED_KEY, SAME_AS_KEY, counted, is_feasible, trial_params
 from autotune.report.summary import trial_line
 from autotune.search import (
     DEFAULT_STRATEGY,
@@ -63,6 +63,21 @@ def test_the_crown_goes_to_runs_that_held_the_limit_then_to_the_highest_median()
     assert crown({1: flattered, 2: steady, 3: faster}, max_p95_ms=10.0) == 3
     assert crown({1: flattered, 2: steady}, max_p95_ms=10.0) == 2
     assert crown({1: flattered, 2: [Run(900.0, 20.0, 0), Run(900.0, 9.0, 3)]}, max_p95_ms=10.0) == 1
+
+
+def test_the_top_trials_are_measured_again_in_alternating_order_so_drift_weighs_on_all_alike() -> None:
+    load = ReadingsLoad([(1000.0, 5.0), (900.0, 5.0), (800.0, 5.0),  # three configs, best first
+                         (11.0, 5.0), (12.0, 5.0), (13.0, 5.0), (14.0, 5.0), (15.0, 5.0), (16.0, 5.0)])
+    target = FakeTarget()
+    tuner = make_tuner(target, load)
+    for instances in (1, 2, 3):
+        tuner.study.enqueue_trial({**NO_BATCHING, "instance_count": instances, "concurrency": 4})
+    tuner.optimize(3)
+    loads = target.loads
+    tuner.confirm(rounds=2)
+    runs = {run["trial"]: run["throughput"] for run in tuner.study.user_attrs["confirmed"]["trials"]}
+    assert runs == {0: [11.0, 16.0], 1: [12.0, 15.0], 2: [13.0, 14.0]}
+    assert target.loads - loads == 5, "the config that ends one round starts the next without a reload"
 
 
 NO_BATCHING = {"instance_count": 1, "dynamic_batching": False}
@@ -145,13 +160,82 @@ def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial() -> 
     assert trial.state == TrialState.COMPLETE and not is_feasible(trial)
 
 
+def test_a_sweep_whose_start_breaks_the_limit_reading_under_the_best_cannot_win_and_is_cut_short() -> None:
+    load = ReadingsLoad([
+        (100, 5), (200, 6), (400, 8), (800, 12), (1600, 15),  # the first config: 1600 infer/s at 16
+        (1400, 25),  # the next starts at 16 over the limit and under 0.9 x 1600: halving only reads less
+    ])
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(concurrency=IntRange(1, 16)),
+                       concurrency_search="sweep")
+    tuner.study.enqueue_trial(NO_BATCHING)
+    tuner.study.enqueue_trial(BATCHES_OF_8)
+    tuner.optimize(2)
+    _, cut = tuner.study.trials
+    assert cut.state == TrialState.PRUNED and cut.user_attrs["sweep"] == [[16, 1400, 25]]
+    assert cut.user_attrs["pruned_reason"].startswith("cannot win: 1400 infer/s over the limit at concurrency 16")
+    assert list(cut.constraints.values()) == pytest.approx([5.0, 0.0]), "the sampler learns how far off it was"
+    assert cut.intermediate_values == {3: 1400} and not load.readings
+
+
+def test_the_point_between_is_skipped_where_the_broken_point_above_it_could_not_win() -> None:
+    load = ReadingsLoad([
+        (300, 5), (600, 6), (1000, 9), (1020, 15),  # saturated at 8: 1020 infer/s is the best
+        (800, 12), (850, 25),  # from the fill level 8 up to 16, which breaks the limit reading under 0.9 x 1020
+    ])
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(concurrency=IntRange(1, 16)),
+                       concurrency_search="sweep")
+    tuner.study.enqueue_trial(NO_BATCHING)
+    tuner.study.enqueue_trial(BATCHES_OF_8)
+    tuner.optimize(2)
+    first, second = tuner.study.trials
+    assert (first.user_attrs["concurrency"], first.value) == (8, 1020)
+    assert [point[0] for point in second.user_attrs["sweep"]] == [8, 16], "no point at 11"
+    assert (second.user_attrs["concurrency"], second.value) == (8, 800) and is_feasible(second)
+
+
+def point(throughput: float, p95_ms: float, throughput_error: float, p95_error: float, windows: int = 2,
+          stable: bool = False) -> Measurement:
+    return Measurement(8, throughput, p95_ms / 2, p95_ms, p95_ms, p95_ms, requests=100, errors=0, windows=windows,
+                       stable=stable, throughput_error=throughput_error, p95_error=p95_error)
+
+
+@pytest.mark.parametrize(("measured", "enough"), [
+    pytest.param(point(1000, 9, 0.3, 0.3, stable=True), True, id="known"),
+    pytest.param(point(1000, 9, 0.3, 0.3, windows=1, stable=True), False, id="one-window-is-never-enough"),
+    pytest.param(point(1000, 9, 0.3, 0.3), False, id="unknown"),
+    pytest.param(point(1000, 15, 0.3, 0.2), True, id="p95-wholly-over-the-limit"),
+    pytest.param(point(1000, 11, 0.3, 0.2), False, id="p95-maybe-over-the-limit"),
+    pytest.param(point(1000, 5, 0.08, 0.5), True, id="p95-wholly-under-the-limit-and-throughput-known"),
+    pytest.param(point(1000, 5, 0.3, 0.5), False, id="p95-wholly-under-the-limit-but-throughput-unknown"),
+    pytest.param(point(600, 9, 0.3, 0.3), True, id="cannot-win"),
+    pytest.param(point(700, 9, 0.3, 0.3), False, id="might-win"),
+])
+def test_a_points_figures_are_enough_once_they_decide_what_the_study_does_with_it(
+    measured: Measurement, enough: bool,
+) -> None:
+    meter = Meter(ReadingsLoad([]), max_p95_ms=10.0, warmup_s=QUICK.warmup_s, levels=[1])
+    assert meter.enough(to_beat=1000.0)(measured) is enough
+
+
+def test_a_repeat_uses_up_no_budget_until_repeats_outnumber_the_measured_trials() -> None:
+    load = ScriptedLoad({2: (190.0, 8.0)})
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0)
+    for _ in range(4):
+        tuner.study.enqueue_trial({**NO_BATCHING, "concurrency": 2})
+    tuner.optimize(2)
+    finished = [t for t in tuner.study.trials if t.state.is_finished()]
+    assert [SAME_AS_KEY in t.user_attrs for t in finished] == [False, True, True], "the first repeat came free"
+    assert counted(finished) == 2, "the second outnumbers the one measured trial"
+
+
 def test_a_sweep_answers_a_config_it_swept_before_with_that_sweep() -> None:
     load = ScriptedLoad({1: (100, 5), 2: (190, 8), 3: (180, 22), 4: (300, 25)})
-    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, concurrency_search="sweep")
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(concurrency=IntRange(1, 4)),
+                       concurrency_search="sweep")
     tuner.study.enqueue_trial(NO_BATCHING)
     tuner.study.enqueue_trial(NO_BATCHING)
     tuner.optimize(2)
-    first, repeat = tuner.study.trials
+    first, repeat = tuner.study.trials[:2]
     assert repeat.user_attrs[SAME_AS_KEY] == first.number
     assert repeat.user_attrs["sweep"] == first.user_attrs["sweep"] == [[1, 100, 5], [2, 190, 8], [4, 300, 25],
                                                                        [3, 180, 22]]
@@ -165,7 +249,8 @@ def test_the_samplers_trials_and_steps_from_the_best_config_take_turns() -> None
     tuner.study.enqueue_trial(BATCHES_OF_8)
     tuner.optimize(5)
     trials = tuner.study.trials
-    assert [t.user_attrs.get(STEP_FROM_KEY) for t in trials] == [None, 0, None, 0, None]
+    assert counted(trials) == 5, "a sampler's trial that repeats settings is free, so there may be one more"
+    assert [t.user_attrs.get(STEP_FROM_KEY) for t in trials] == [None if i % 2 == 0 else 0 for i in range(len(trials))]
     for step in (1, 3):
         assert len([key for key, value in BATCHES_OF_8.items() if trials[step].params[key] != value]) == 1
         assert trial_params(trials[step]) not in {trial_params(t) for t in trials[:step]}, "a step goes somewhere new"
@@ -193,6 +278,22 @@ def test_each_rule_of_thumbs_delay_climbs_a_step_a_trial_until_a_rung_is_clearly
     assert [trial_params(t).max_queue_delay_microseconds for t in trials[1:8]] == [100, 100, 447, 1999, 8940,
                                                                                   447, 1999]
     assert trials[8].user_attrs[STEP_FROM_KEY] == 4, "once the ladders end, steps start from the best config"
+
+
+def test_a_ladder_climbs_on_past_a_rung_that_could_not_win_where_the_best_peaked() -> None:
+    load = ReadingsLoad([
+        (100.0, 5.0), (1000.0, 10.0), (600.0, 10.0),  # the baseline, the rule of thumb with 1 and 2 instances
+        (1200.0, 12.0), (800.0, 10.0),  # 1 instance: a new best, then a rung clearly worse: that ladder ends
+        (700.0, 25.0), (1500.0, 15.0), (1000.0, 10.0),  # 2 instances: a rung that cannot win, a new best, the end
+        (500.0, 5.0)])
+    space = SearchSpace(instance_count=IntRange(1, 2), concurrency=IntRange(16, 16))
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=space, strategy=DEFAULT_STRATEGY,
+                       concurrency_search="sweep")
+    tuner.optimize(9)
+    trials = tuner.study.trials
+    assert [t.user_attrs.get(DELAY_RUNG_KEY) for t in trials] == [None, None, None, 1, 2, 1, 2, 3, None]
+    assert trials[5].state == TrialState.PRUNED and trials[5].user_attrs["cannot_win"]
+    assert trials[8].user_attrs[STEP_FROM_KEY] == 6
 
 
 NO_REPLY = (0.0, math.inf)

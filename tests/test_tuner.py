@@ -170,7 +170,8 @@ def test_a_sweep_raises_concurrency_on_one_loaded_config_and_keeps_its_best_feas
     assert trial.user_attrs["concurrency"] == best_concurrency
     assert trial.value == pytest.approx(best_throughput, abs=0.01)
     assert "concurrency" not in trial.params, "a sweep measures concurrency instead of sampling it"
-    assert trial.user_attrs["warmup_s"] == pytest.approx(QUICK.warmup_s + SETTLE_S * (len(sweep) - 1))
+    # A full warm-up, ended once latencies stop falling (a slice at least), then a settle before each point.
+    assert SETTLE_S * len(sweep) - 1e-3 <= trial.user_attrs["warmup_s"] <= QUICK.warmup_s + SETTLE_S * (len(sweep) - 1)
 
 
 def test_settings_measured_before_are_answered_from_the_study_instead_of_measured_again(
@@ -182,7 +183,7 @@ def test_settings_measured_before_are_answered_from_the_study_instead_of_measure
     tuner.objective.worker = {"server_url": "first-worker:8001"}
     tuner.optimize(1)
     tuner.objective.worker = {"server_url": "second-worker:8001"}
-    tuner.optimize(3)
+    tuner.optimize(2)
     first, repeat, other = tuner.study.trials
     assert repeat.user_attrs[SAME_AS_KEY] == first.number
     assert repeat.user_attrs["server_url"] == "second-worker:8001", "a worker's own attributes are not copied"

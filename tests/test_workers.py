@@ -16,7 +16,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from autotune.records import counts_toward_total
+from autotune.records import counted, counts_toward_total
 from autotune.study.storage import GRACE_PERIOD_S, open_storage
 
 QUICK = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3", "--confirm-rounds", "0"]
@@ -59,12 +59,12 @@ def test_two_workers_share_the_budget_of_one_study(
     # The rest were measured, whether to the end or pruned as hopeless after a window.
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or "fail_reason" not in t.user_attrs
                for t in finished), outcomes
-    counted = [t for t in finished if counts_toward_total(t)]
-    assert len(counted) == 6, outcomes
+    assert counted(finished) == 6, outcomes
+    spent = [t for t in finished if counts_toward_total(t)]
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert all({"throughput", "p95_ms", "config", "server_url"} <= set(t.user_attrs) for t in counted)
-    assert {t.user_attrs["gpu"] for t in counted} == {"a", "b"}, "both workers should have measured trials"
-    assert sum(bool(t.user_attrs.get("baseline")) for t in counted) == 1
+    assert all({"throughput", "p95_ms", "config", "server_url"} <= set(t.user_attrs) for t in spent)
+    assert {t.user_attrs["gpu"] for t in spent} == {"a", "b"}, "both workers should have measured trials"
+    assert sum(bool(t.user_attrs.get("baseline")) for t in spent) == 1
 
 
 def test_a_killed_workers_trial_fails_and_its_parameters_are_retried(

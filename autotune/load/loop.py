@@ -1,13 +1,14 @@
 """The asyncio gRPC load loop: keeps N requests in flight and measures throughput and latency percentiles.
 
-It works like perf_analyzer's concurrency mode: a warm-up, then measurement windows on a fixed clock until the
-last three agree (``windows.stable``) or a window cap is reached; a window with replies but fewer than
+It works like perf_analyzer's concurrency mode: a warm-up (ended early once latencies stop falling), then
+measurement windows on a fixed clock until the figures are known (``windows.known``: their confidence intervals
+narrow enough, or whatever rule the caller gives) or a window cap is reached; a window with replies but fewer than
 ``MIN_WINDOW_REQUESTS`` runs on for a few window lengths, as perf_analyzer's count windows do. Then no request
 is sent any more and those in flight may finish for up to one window; only what is left after that is
 cancelled, so one point never takes longer than its warm-up plus one window more than it measured. Cancelling
 is the exception on purpose: Triton's gRPC frontend (2.51, the embedded one) can abort when a request is
-cancelled as it completes. Latencies are kept exactly and percentiles taken over every request of the windows
-that count. A request belongs to the window in which it completes.
+cancelled as it completes. Latencies are kept exactly and percentiles taken over every request of the windows.
+A request belongs to the window in which it completes.
 
 The per-request cost is kept small: each request is serialised once before the load starts and sent as raw
 bytes on gRPC channels without retries, so no protobuf is built or parsed per request, and the event loop is
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import multiprocessing
 import time
 from collections.abc import Callable, Coroutine
@@ -37,7 +39,7 @@ from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError
 from autotune.load.inputs import InputSpec, build_requests, tensor_specs
-from autotune.load.windows import STABLE_WINDOWS, Measurement, Window, stable, summarise
+from autotune.load.windows import Measurement, Window, summarise
 
 try:
     from uvloop import new_event_loop
@@ -57,6 +59,9 @@ REQUESTS_PER_CONNECTION = 6
 # Twenty make a p95 the second-slowest of them; perf_analyzer's count windows hold 50.
 MIN_WINDOW_REQUESTS = 20
 LONGEST_WINDOW = 4
+# A warm-up ends at the first slice this long whose median latency is over SETTLED_DROP of the slice before's.
+WARMUP_SLICE_S = 0.1
+SETTLED_DROP = 0.8
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,14 @@ class _Load:
             await channel.close()
 
 
+@dataclass(frozen=True)
+class _Rules:
+    """When a point ends: a window that condemns it, or figures that are enough."""
+
+    stop_early: Callable[[Measurement], bool] | None
+    enough: Callable[[Measurement], bool]
+
+
 _RUNNER: asyncio.Runner | None = None
 
 
@@ -184,28 +197,31 @@ class LoadGenerator:
         return build_requests(self.model, tensor_specs(metadata, batching), batching, self.inputs)
 
     def measure(self, concurrency: int, stop_early: Callable[[Measurement], bool] | None = None,
-                warmup_s: float | None = None) -> Measurement:
-        """Measure at ``concurrency``. ``stop_early`` sees each window on its own; True ends the point there.
+                warmup_s: float | None = None, enough: Callable[[Measurement], bool] | None = None) -> Measurement:
+        """Measure at ``concurrency``. ``stop_early`` sees each window on its own; True condemns the point there.
+        ``enough`` sees the figures so far after each window; True ends the point (by default: once they are known
+        within the settings' stability, ``windows.known``).
 
         ``warmup_s`` replaces the settings' warm-up, e.g. with a short settle when the server is already warm.
         """
         requests = self.requests()
         shares = _split(concurrency, self.settings.processes)
         warmup = self.settings.warmup_s if warmup_s is None else warmup_s
+        rules = _Rules(stop_early, enough or (lambda measured: measured.stable))
         if len(shares) == 1:
-            return _run(self._measure_here(requests, concurrency, stop_early, warmup))
-        return self._measure_in_processes(requests, shares, stop_early, warmup)
+            return _run(self._measure_here(requests, concurrency, rules, warmup))
+        return self._measure_in_processes(requests, shares, rules, warmup)
 
-    async def _measure_here(self, requests: list[bytes], concurrency: int,
-                            stop_early: Callable[[Measurement], bool] | None, warmup_s: float) -> Measurement:
+    async def _measure_here(self, requests: list[bytes], concurrency: int, rules: _Rules,
+                            warmup_s: float) -> Measurement:
         load = _Load(self.url, requests, concurrency, self.settings.request_timeout_s)
         try:
-            return await self._windows(concurrency, lambda until: [load.collect(until)], stop_early, warmup_s)
+            return await self._windows(concurrency, lambda until: [load.collect(until)], rules, warmup_s)
         finally:
             await load.close(self.settings.window_s)
 
-    def _measure_in_processes(self, requests: list[bytes], shares: list[int],
-                              stop_early: Callable[[Measurement], bool] | None, warmup_s: float) -> Measurement:
+    def _measure_in_processes(self, requests: list[bytes], shares: list[int], rules: _Rules,
+                              warmup_s: float) -> Measurement:
         context = multiprocessing.get_context("spawn")
         pipes = [context.Pipe() for _ in shares]
         workers = [context.Process(target=_worker, args=(child, self.url, requests, share, self.settings),
@@ -222,7 +238,7 @@ class LoadGenerator:
                     parent.send(until)
                 return [parent.recv() for parent, _ in pipes]
 
-            return _run(self._windows(sum(shares), collect, stop_early, warmup_s))
+            return _run(self._windows(sum(shares), collect, rules, warmup_s))
         except EOFError:
             codes = ", ".join(str(worker.exitcode) for worker in workers)
             raise AutotuneError(f"a load-generator client process died (exit codes {codes})") from None
@@ -236,12 +252,11 @@ class LoadGenerator:
                     worker.kill()
 
     async def _windows(self, concurrency: int, collect: Callable[[float], list[tuple[np.ndarray, int, str]]],
-                       stop_early: Callable[[Measurement], bool] | None, warmup_s: float) -> Measurement:
-        """Warm up, then close one window after another on a fixed clock until the figures are stable."""
+                       rules: _Rules, warmup_s: float) -> Measurement:
+        """Warm up, then close one window after another on a fixed clock until the figures are enough."""
         settings = self.settings
-        boundary = time.perf_counter() + warmup_s
-        await asyncio.sleep(warmup_s)
-        collect(boundary)
+        started = time.perf_counter()
+        boundary = warm = await _warm_up(collect, started, warmup_s)
         windows: list[Window] = []
         while len(windows) < settings.max_windows:
             opened, parts = boundary, []
@@ -255,11 +270,32 @@ class LoadGenerator:
                 parts += collect(boundary)
             windows.append(Window(np.concatenate([p[0] for p in parts]), sum(p[1] for p in parts),
                                    next((p[2] for p in parts if p[2]), ""), boundary - opened))
-            if stop_early is not None and stop_early(summarise(concurrency, windows[-1:], settings.stability)):
-                return replace(summarise(concurrency, windows, settings.stability), cut_short=True)
-            if windows[-1].errors or stable(windows[-STABLE_WINDOWS:], settings.stability):
-                break
-        return summarise(concurrency, windows, settings.stability)
+            so_far = replace(summarise(concurrency, windows, settings.stability), warmup_s=warm - started)
+            if rules.stop_early is not None and rules.stop_early(summarise(concurrency, windows[-1:], 0.0)):
+                return replace(so_far, cut_short=True)
+            if windows[-1].errors or rules.enough(so_far):
+                return so_far
+        return so_far
+
+
+async def _warm_up(collect: Callable[[float], list[tuple[np.ndarray, int, str]]], started: float,
+                   longest_s: float) -> float:
+    """Send load for at most ``longest_s`` and drop what it measured; returns when measuring may begin.
+
+    A freshly loaded model answers its first requests slowly (on the demo models the first 0.1 s after a reload
+    reads a p95 3 to 5 times the settled one, the next 0.1 s within a third of it): the warm-up ends at the first
+    slice of ``WARMUP_SLICE_S`` whose median latency fell by less than ``SETTLED_DROP`` from the slice before.
+    """
+    boundary, previous = started, math.inf
+    while boundary - started < longest_s - 1e-9:
+        boundary = min(boundary + WARMUP_SLICE_S, started + longest_s)
+        await asyncio.sleep(max(0.0, boundary - time.perf_counter()))
+        latencies = np.concatenate([part[0] for part in collect(boundary)])
+        median = float(np.median(latencies)) if len(latencies) else math.inf
+        if math.isfinite(median) and median > SETTLED_DROP * previous:
+            break
+        previous = median
+    return boundary
 
 
 def _worker(pipe: Connection, url: str, requests: list[bytes], concurrency: int, settings: LoadSettings) -> None:

@@ -1,5 +1,6 @@
 """How a trial is measured, decided in one place: warm-up or settle, one point or a concurrency sweep, when a
-window condemns a config, and a second try for a freshly loaded model that gave no reply at all.
+window condemns a config, when a point's figures are enough for the study, when a trial cannot win, and a second
+try for a freshly loaded model that gave no reply at all.
 
 ``Meter`` drives anything that satisfies ``Load`` (autotune's ``LoadGenerator``, or a fake in tests and in the
 replay benchmark). It remembers one thing between calls: whether the loaded config has served load since it was
@@ -13,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from autotune.load.windows import Measurement
+from autotune.load.windows import MIN_WINDOWS, Measurement
 
 # Warm-up of a point on a config the server already serves warm (no reload): enough for the new load to settle.
 SETTLE_S = 0.1
@@ -21,13 +22,17 @@ SETTLE_S = 0.1
 SATURATION_GAIN = 0.05
 # Below a batcher's fill level, a sweep that halves goes on only while each halving leaves p95 under this share.
 BELOW_FILL_GAIN = 0.9
+# A point or trial whose throughput is clearly under this share of the study's best feasible one cannot win: the
+# machine's noise between two readings of one config is within a tenth most of the time.
+CANNOT_WIN = 0.9
 
 
 class Load(Protocol):
     """Measures one point of the loaded config: ``LoadGenerator`` is one."""
 
     def measure(self, concurrency: int, stop_early: Callable[[Measurement], bool] | None = None,
-                warmup_s: float | None = None) -> Measurement: ...
+                warmup_s: float | None = None, enough: Callable[[Measurement], bool] | None = None
+                ) -> Measurement: ...
 
 
 @dataclass(frozen=True)
@@ -45,13 +50,15 @@ class SweepPoint:
 @dataclass(frozen=True)
 class Reading:
     """A trial's measurement: the point that stands for it, the sweep's points in the order measured (none when one
-    concurrency was measured), the seconds spent warming up for it, and whether the sweep was still gaining at the
-    highest concurrency it may visit (the space, not the server, ended it)."""
+    concurrency was measured), the seconds spent warming up for it, whether the sweep was still gaining at the
+    highest concurrency it may visit (the space, not the server, ended it), and whether it was cut short because
+    it could not beat the study's best."""
 
     measurement: Measurement
     sweep: tuple[SweepPoint, ...]
     warmup_s: float
     capped: bool = False
+    cannot_win: bool = False
 
 
 @dataclass
@@ -66,25 +73,46 @@ class Meter:
     max_p95_ms: float
     warmup_s: float
     levels: Sequence[int]
+    tolerance: float = 0.10  # how well a point's throughput must be known (its p95: 1.5 times as loosely)
     _warm: bool = False  # the loaded config has served load since it was loaded
 
-    def trial(self, reloaded: bool, fill: int, concurrency: int | None = None, start: int = 1) -> Reading:
+    def trial(self, reloaded: bool, fill: int, concurrency: int | None = None, start: int = 1,
+              to_beat: float = -math.inf) -> Reading:
         """Measure the loaded config at ``concurrency``, or sweep it when None, from ``start`` requests in flight or
-        its batcher's ``fill`` level, whichever is higher.
+        its batcher's ``fill`` level, whichever is higher; ``to_beat`` is the study's best feasible throughput.
 
         A freshly loaded model's first replies can stall past the warm-up on a busy machine (another server loading
         beside it): a measurement with not a single reply nor error is taken once more, fully warmed up, which tells
         a stall from a model that never answers.
         """
-        reading = self._measure(self._warmup(reloaded), fill, concurrency, start)
+        reading = self._measure(self._warmup(reloaded), fill, concurrency, start, to_beat)
         if reading.measurement.requests == reading.measurement.errors == 0:
-            again = self._measure(self.warmup_s, fill, concurrency, start)
+            again = self._measure(self.warmup_s, fill, concurrency, start, to_beat)
             reading = replace(again, warmup_s=reading.warmup_s + again.warmup_s)
         return reading
 
     def again(self, concurrency: int, reloaded: bool) -> Measurement:
-        """One more full measurement of the loaded config, never cut short: a re-measurement of a winner."""
-        return self.load.measure(concurrency, warmup_s=self._warmup(reloaded))
+        """One more measurement of the loaded config, never cut short, until its throughput is known and its p95
+        known or clearly on one side of the limit: a re-measurement of a winner."""
+        return self.load.measure(concurrency, warmup_s=self._warmup(reloaded), enough=self.enough())
+
+    def enough(self, to_beat: float = -math.inf) -> Callable[[Measurement], bool]:
+        """When a point's figures so far are enough for the study to act on.
+
+        Its throughput must be known within ``tolerance`` and its p95 within 1.5 times that, at 90 % confidence,
+        except where less decides as well: a p95 whose interval lies wholly over the limit (the point breaks it,
+        whatever its throughput), one wholly under it (only the throughput is still needed), or a throughput whose
+        interval lies wholly under ``CANNOT_WIN`` of ``to_beat`` (the point cannot be the study's best).
+        """
+        def enough(measured: Measurement) -> bool:
+            if measured.windows < MIN_WINDOWS:
+                return False
+            low, high = measured.p95_interval_ms
+            throughput_high = measured.throughput * (1 + measured.throughput_error)
+            return (measured.stable or low > self.max_p95_ms or throughput_high < CANNOT_WIN * to_beat
+                    or (high <= self.max_p95_ms and measured.throughput_error <= self.tolerance))
+
+        return enough
 
     def hopeless(self, window: Measurement) -> bool:
         """A window with errors, or whose median request is over the limit (so its p95 is too, however noisy the
@@ -107,10 +135,11 @@ class Meter:
         self._warm = True
         return SETTLE_S if warm else self.warmup_s
 
-    def _measure(self, warmup_s: float, fill: int, concurrency: int | None, start: int) -> Reading:
+    def _measure(self, warmup_s: float, fill: int, concurrency: int | None, start: int, to_beat: float) -> Reading:
         if concurrency is not None:
-            return Reading(self.load.measure(concurrency, self.hopeless, warmup_s), (), warmup_s)
-        return _Sweep(self, warmup_s).run(fill, start)
+            measured = self.load.measure(concurrency, self.hopeless, warmup_s, self.enough(to_beat))
+            return Reading(measured, (), measured.warmup_s)
+        return _Sweep(self, warmup_s, to_beat).run(fill, start)
 
 
 class _Sweep:
@@ -124,24 +153,33 @@ class _Sweep:
     and the lowest one above it that broke it, one point at their geometric mean is tried: the answer often sits
     between two powers of two. Neither a reload nor a full warm-up is needed between points, so one trial learns a
     config's useful range from a few points.
+
+    Throughput only falls as fewer requests are in flight, so a start that breaks the limit while reading clearly
+    under the study's best cannot win: the sweep ends there (``cannot_win``). For the same reason the point between
+    is tried only where the broken point above it read as much as could win.
     """
 
-    def __init__(self, meter: Meter, warmup_s: float) -> None:
+    def __init__(self, meter: Meter, warmup_s: float, to_beat: float) -> None:
         self.meter = meter
         self.warmup_s = warmup_s
+        self.to_beat = to_beat
         self.points: list[Measurement] = []
 
     def measure(self, concurrency: int) -> Measurement:
         point_warmup_s = SETTLE_S if self.points else self.warmup_s
-        measured = self.meter.load.measure(concurrency, self.meter.hopeless, point_warmup_s)
+        measured = self.meter.load.measure(concurrency, self.meter.hopeless, point_warmup_s,
+                                           self.meter.enough(self.to_beat))
         self.points.append(measured)
         return measured
+
+    def can_win(self, measured: Measurement) -> bool:
+        return measured.throughput >= CANNOT_WIN * self.to_beat
 
     def run(self, fill: int, start: int) -> Reading:
         levels, feasible = list(self.meter.levels), self.meter.feasible
         index = max([0, *(i for i, level in enumerate(levels) if level <= max(start, fill))])
         measured = self.measure(levels[index])
-        capped = False
+        capped = cannot_win = False
         if feasible(measured):
             best = measured
             for level in levels[index + 1:]:
@@ -151,6 +189,8 @@ class _Sweep:
                 best = measured
             else:
                 capped = True
+        elif not measured.errors and not self.can_win(measured):
+            cannot_win = True
         elif not measured.errors:
             for level in reversed(levels[:index]):
                 previous = self.points[-1]
@@ -161,9 +201,8 @@ class _Sweep:
                 if feasible(measured) or measured.errors:
                     break
         self._bisect()
-        spent = self.warmup_s + SETTLE_S * (len(self.points) - 1)  # a full warm-up, then a settle before each point
         return Reading(self._standing(), tuple(SweepPoint(p.concurrency, p.throughput, p.p95_ms) for p in self.points),
-                       spent, capped)
+                       sum(p.warmup_s for p in self.points), capped, cannot_win)
 
     def _bisect(self) -> None:
         """One point between the highest feasible concurrency and the lowest above it that broke the limit."""
@@ -171,10 +210,13 @@ class _Sweep:
         held = [p.concurrency for p in self.points if feasible(p)]
         if not held or any(p.errors for p in self.points):
             return
-        above = [p.concurrency for p in self.points if not feasible(p) and p.concurrency > max(held)]
+        above = [p for p in self.points if not feasible(p) and p.concurrency > max(held)]
         if not above:
             return
-        low, high = max(held), min(above)
+        broken = min(above, key=lambda p: p.concurrency)
+        if not self.can_win(broken):
+            return  # the point between reads less than the broken one, which could not win
+        low, high = max(held), broken.concurrency
         middle = round(math.sqrt(low * high))
         if low < middle < high:
             self.measure(middle)

@@ -1,23 +1,34 @@
 """What a point's measurement windows add up to: pure functions over the latencies each window collected.
 
-A point is stable once its last ``STABLE_WINDOWS`` windows agree: the spread of their throughputs within the
-stability tolerance of their mean, that of their p95s within 1.5 times it. Its figures come from every request of
-those windows, with latencies kept exactly, not binned.
+A point's figures come from every request of its windows, with latencies kept exactly, not binned. How well they
+are known is read off the windows as independent samples: each figure's 90 % confidence interval is the mean of
+the windows' values plus or minus Student's t times their standard error. The interval narrows as windows are
+added, so a point on a noisy machine still ends once it has been looked at long enough, where a rule that wants
+the last few windows to agree may never be met.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-STABLE_WINDOWS = 3
+# Windows a point needs before its figures can be called known; one more gives the interval an error at all.
+MIN_WINDOWS = 2
+# Student's t for a two-sided 90 % interval, by degrees of freedom (windows - 1); beyond the table, its last value.
+_T90 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """What one point measured: client-side figures in infer/s and milliseconds."""
+    """What one point measured: client-side figures in infer/s and milliseconds.
+
+    ``throughput_error`` and ``p95_error`` are the half-widths of the figures' 90 % confidence intervals, as shares
+    of the figures (infinite with fewer than two windows with replies); ``warmup_s`` is how long the point warmed
+    up before its windows.
+    """
 
     concurrency: int
     throughput: float
@@ -31,9 +42,18 @@ class Measurement:
     stable: bool
     first_error: str = ""
     cut_short: bool = False
+    throughput_error: float = math.inf
+    p95_error: float = math.inf
+    warmup_s: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @property
+    def p95_interval_ms(self) -> tuple[float, float]:
+        """The p95's 90 % confidence interval in milliseconds."""
+        spread = self.p95_ms * self.p95_error
+        return self.p95_ms - spread, self.p95_ms + spread
 
 
 @dataclass(frozen=True)
@@ -54,29 +74,32 @@ class Window:
         return float(np.percentile(self.latencies, 95)) if len(self.latencies) else float("inf")
 
 
-def stable(windows: Sequence[Window], tolerance: float) -> bool:
-    """Whether the last ``STABLE_WINDOWS`` windows agree: their throughputs spread by at most ``tolerance`` of
-    their mean (coefficient of variation), their p95s by at most 1.5 times that (a tail is noisier)."""
-    counted = windows[-STABLE_WINDOWS:]
-    if len(counted) < STABLE_WINDOWS:
-        return False
-    for values, allowed in (([w.throughput for w in counted], tolerance), ([w.p95 for w in counted], 1.5 * tolerance)):
-        mean = float(np.mean(values))
-        if not np.isfinite(mean) or mean == 0 or float(np.std(values)) > allowed * mean:
-            return False
-    return True
+def relative_error(values: Sequence[float]) -> float:
+    """The half-width of the 90 % confidence interval of the values' mean, as a share of the mean."""
+    mean = float(np.mean(values)) if len(values) else math.inf
+    if len(values) < 2 or not math.isfinite(mean) or mean == 0:
+        return math.inf
+    t = _T90[min(len(values) - 2, len(_T90) - 1)]
+    return t * float(np.std(values, ddof=1)) / math.sqrt(len(values)) / mean
+
+
+def known(measured: Measurement, tolerance: float) -> bool:
+    """Whether a point's figures are known: at least ``MIN_WINDOWS`` windows, its throughput within ``tolerance``
+    and its p95 within 1.5 times that (a tail is noisier), both at 90 % confidence."""
+    return (measured.windows >= MIN_WINDOWS and measured.throughput_error <= tolerance
+            and measured.p95_error <= 1.5 * tolerance)
 
 
 def summarise(concurrency: int, windows: Sequence[Window], tolerance: float) -> Measurement:
-    """The point's figures from its last ``STABLE_WINDOWS`` windows; errors from all of them."""
-    counted = windows[-STABLE_WINDOWS:]
-    latencies_ms = np.concatenate([w.latencies for w in counted]) * 1e3
+    """The point's figures from all its windows, and how well they are known."""
+    latencies_ms = np.concatenate([w.latencies for w in windows]) * 1e3 if windows else np.empty(0)
     p50, p90, p95, p99 = (
         np.percentile(latencies_ms, [50, 90, 95, 99]) if len(latencies_ms) else [float("inf")] * 4
     )
-    return Measurement(
+    answered = [w for w in windows if len(w.latencies)]
+    measured = Measurement(
         concurrency=concurrency,
-        throughput=len(latencies_ms) / sum(w.duration for w in counted),
+        throughput=len(latencies_ms) / sum(w.duration for w in windows) if windows else 0.0,
         p50_ms=float(p50),
         p90_ms=float(p90),
         p95_ms=float(p95),
@@ -84,6 +107,9 @@ def summarise(concurrency: int, windows: Sequence[Window], tolerance: float) -> 
         requests=len(latencies_ms),
         errors=sum(w.errors for w in windows),
         windows=len(windows),
-        stable=stable(counted, tolerance),
+        stable=False,
         first_error=next((w.first_error for w in windows if w.first_error), ""),
+        throughput_error=relative_error([w.throughput for w in windows]) if answered else math.inf,
+        p95_error=relative_error([w.p95 for w in answered]) if len(answered) == len(windows) else math.inf,
     )
+    return replace(measured, stable=known(measured, tolerance))

@@ -12,7 +12,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from autotune.records import counts_toward_total, is_feasible
+from autotune.records import CANNOT_WIN_KEY, counts_toward_total, is_feasible
 from autotune.search.rule_of_thumb import RULE_OF_THUMB_KEY
 from autotune.search.space import SearchSpace
 from autotune.search.strategy import Context, Proposal, Proposer
@@ -28,7 +28,8 @@ class DelayLadder(Proposer):
     """Proposes the next rung of the first ladder, by instance count, that still climbs.
 
     A ladder ends at a rung that breaks the limit or reads under ``RUNG_KEEPS`` of its best rung, or at the space's
-    longest delay. While any rung is still out, nothing is proposed: the next rung depends on it."""
+    longest delay; a rung that could not win where the study's best peaked ends nothing. While any rung is still
+    out, nothing is proposed: the next rung depends on it."""
 
     def propose(self, context: Context) -> Proposal | None:
         rungs = [t for t in context.trials if t.user_attrs.get(RULE_OF_THUMB_KEY) or DELAY_RUNG_KEY in t.user_attrs]
@@ -54,9 +55,13 @@ class DelayLadder(Proposer):
 
 
 def _next_rung(ladder: list[FrozenTrial], space: SearchSpace) -> dict[str, Any] | None:
-    """The sampled values of a ladder's next rung, or None where the ladder has ended."""
+    """The sampled values of a ladder's next rung, or None where the ladder has ended.
+
+    A rung cut short because it could not win where the study's best peaked says nothing of its own ladder's best,
+    so the ladder climbs on: long delays can lose with few instances and win with more."""
     last = ladder[-1]
-    if not is_feasible(last) or last.value < RUNG_KEEPS * max(t.value for t in ladder if is_feasible(t)):
+    if not last.user_attrs.get(CANNOT_WIN_KEY) and (
+            not is_feasible(last) or last.value < RUNG_KEEPS * max(t.value for t in ladder if is_feasible(t))):
         return None
     delay = last.params["max_queue_delay_microseconds"]
     longer, _ = space.delay_steps(delay)

@@ -23,6 +23,7 @@ from autotune.params import ServerParams
 from autotune.records import (
     BASELINE_KEY,
     BASELINE_SUMMARY_KEY,
+    CANNOT_WIN_KEY,
     CAPPED_KEY,
     CONCURRENCY_KEY,
     CONFIG_KEY,
@@ -42,7 +43,8 @@ from autotune.triton.model_config import ModelConfig, apply, params_of
 from autotune.triton.server import SERVER_TIMES, server_times
 
 # What a trial's user attributes hold about its measurement (the rest: its settings, worker and timings).
-_MEASURED = frozenset({f.name for f in fields(Measurement)} | {SWEEP_KEY, CAPPED_KEY, *SERVER_TIMES})
+_MEASURED = frozenset({f.name for f in fields(Measurement) if f.name != "warmup_s"} | {SWEEP_KEY, CAPPED_KEY,
+                                                                                    *SERVER_TIMES})
 
 
 class Target(Protocol):
@@ -97,18 +99,20 @@ class Objective:
         finally:
             trial.set_user_attr("reload_s", round(time.monotonic() - started, 3))
         before = self.target.statistics()
-        best = best_trial(trial.study) if concurrency is None else None  # a sweep starts where the best peaked
-        start = best.user_attrs[CONCURRENCY_KEY] if best is not None else 1
+        best = best_trial(trial.study)
+        # A sweep starts where the best peaked; a trial that cannot beat the best is cut short.
+        start = best.user_attrs[CONCURRENCY_KEY] if best is not None and concurrency is None else 1
+        to_beat = best.value if best is not None and best.value is not None else -math.inf
         started = time.monotonic()
-        reading = self.meter.trial(reloaded, params.fill_level, concurrency, start)
+        reading = self.meter.trial(reloaded, params.fill_level, concurrency, start, to_beat)
         measurement = reading.measurement
         if concurrency is None:
             trial.set_user_attr(SWEEP_KEY, [point.as_record() for point in reading.sweep])
         if reading.capped:
             trial.set_user_attr(CAPPED_KEY, True)
         trial.set_user_attr("measure_s", round(time.monotonic() - started, 3))
-        trial.set_user_attr("warmup_s", round(reading.warmup_s, 3))
         _record(trial, measurement, before, self.target.statistics())
+        trial.set_user_attr("warmup_s", round(reading.warmup_s, 3))
         if measurement.requests == 0:
             reason = f"no request succeeded: {measurement.first_error or 'no reply within the window'}"
             trial.set_user_attr(FAIL_REASON_KEY, reason)
@@ -125,6 +129,13 @@ class Objective:
             why = (f"{measurement.errors} errors" if measurement.errors else
                    f"median latency {measurement.p50_ms:.1f} ms, over the limit")
             trial.set_user_attr(PRUNED_REASON_KEY, f"stopped after window {measurement.windows}: {why}")
+            raise optuna.TrialPruned(why)
+        if reading.cannot_win:
+            trial.report(measurement.throughput, step=measurement.windows)
+            why = (f"cannot win: {measurement.throughput:.0f} infer/s over the limit at concurrency "
+                   f"{measurement.concurrency}, and fewer requests in flight read less; the best holds {to_beat:.0f}")
+            trial.set_user_attr(PRUNED_REASON_KEY, why)
+            trial.set_user_attr(CANNOT_WIN_KEY, True)
             raise optuna.TrialPruned(why)
         if all(c <= 0 for c in limits) and measurement.throughput > best_value(trial.study):
             save_note(trial, new_best_note(config, measurement.throughput, measurement.concurrency,

@@ -18,7 +18,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 
-from autotune.records import counts_toward_total
+from autotune.records import counted
 from autotune.search.strategy import Proposal
 
 POLL_S = 1.0
@@ -44,12 +44,12 @@ class TrialQueue:
             if self._heartbeat_s is not None:
                 fail_stale_trials(self.study)
             trials = self.study.get_trials(deepcopy=False)
-            counted = sum(counts_toward_total(t) for t in trials)
-            if counted >= self.n_trials:
+            spent = counted(trials)
+            if spent >= self.n_trials:
                 return None
             waiting = sum(t.state == TrialState.WAITING for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
-            if not waiting and counted + running < self.n_trials:
+            if not waiting and spent + running < self.n_trials:
                 # One at a time: a worker that stops early leaves none behind, and each proposal sees the last result.
                 proposal = self.propose()
                 self.study.enqueue_trial(proposal.params, user_attrs=proposal.marks)
@@ -77,8 +77,8 @@ class TrialQueue:
 
     def _within_budget(self, number: int) -> bool:
         """Whether the trials that count, and the running ones claimed before this one, leave room for it."""
-        ahead = sum(counts_toward_total(t) or (t.state == TrialState.RUNNING and t.number < number)
-                    for t in self.study.get_trials(deepcopy=False))
+        trials = self.study.get_trials(deepcopy=False)
+        ahead = counted(trials) + sum(t.state == TrialState.RUNNING and t.number < number for t in trials)
         return ahead < self.n_trials
 
     @contextlib.contextmanager
