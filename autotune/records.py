@@ -133,6 +133,15 @@ def best_trial(study: TrialSource) -> FrozenTrial | None:
     return top[0] if top else None
 
 
+def deployed_concurrency(study: TrialSource, trial: FrozenTrial) -> int:
+    """The client concurrency to run ``trial``'s config at: where the re-measurement crowned it, when it did, else
+    where the trial measured it."""
+    confirmed = study.user_attrs.get(CONFIRMED_KEY)
+    if confirmed and confirmed["winner"] == trial.number and "concurrency" in confirmed:
+        return int(confirmed["concurrency"])
+    return int(trial.user_attrs[CONCURRENCY_KEY])
+
+
 def best_value(study: TrialSource) -> float:
     """The best feasible throughput so far; minus infinity before any."""
     best = best_trial(study)

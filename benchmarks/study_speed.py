@@ -10,8 +10,10 @@
    into ``benchmarks/results/study_speed.json`` with the date and the commit, so that a rerun measures only what is
    not there yet (``--fresh`` measures everything again).
 2. The yardstick. Every pick of this run is measured again by perf_analyzer (2.51) on one embedded server,
-   round-robin, ``--rounds`` times, at the concurrency the study chose. A pick's score is its median throughput over
-   the best median of the picks that held the limit in at least half their runs; a pick that did not is marked.
+   round-robin, ``--rounds`` times, at the concurrency the study chose to deploy. Beside them stand the
+   ``--grid-top`` best configs of each model's newest exhaustive grid (``benchmarks/grid/``) under the limit, each
+   at its best concurrency in that grid. A pick's score is its median throughput over the best median of those
+   that held the limit in at least half their runs; a pick that did not is marked.
 
 The model profiles under ``benchmarks/profiles/``: ``gpu_like`` (each batch holds one device shared by every
 instance for 2 ms + 0.25 ms per request, sleeping) and ``contended`` (a batch's work grows with the square of its
@@ -35,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loadgen_vs_perf_analyzer import install_perf_analyzer
+from search_efficiency import Grid
 
 from autotune import EmbeddedServer, ModelServer, ServerParams, apply
 
@@ -42,13 +45,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "benchmarks" / "profiles"
 RESULTS = ROOT / "benchmarks" / "results" / "study_speed.json"
 PA_WINDOW_MS = 2000
+# perf_analyzer's stability rule (its last three windows within this many percent of their mean): at its default
+# 10 it found no stable figure within 16 windows for a fifth of the picks on this machine, and a yardstick must read.
+PA_STABILITY = 25
 
 
 @dataclass(frozen=True)
 class Pick:
     """One study's outcome: who ran it, how long it took, and the config and concurrency it chose."""
 
-    code: str  # "new" or "old"
+    code: str  # "new", "old", or "grid" (a reference from the exhaustive grid, no study)
     commit: str
     model: str
     max_p95_ms: float
@@ -73,6 +79,7 @@ def main() -> int:
     parser.add_argument("--old-seeds", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2, help="perf_analyzer re-measurements of each pick")
     parser.add_argument("--fresh", action="store_true", help="measure every study again, ignoring the cache")
+    parser.add_argument("--grid-top", type=int, default=2, help="best grid configs re-measured beside the picks")
     args = parser.parse_args()
     cache = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
     new_commit = _commit("HEAD")
@@ -96,6 +103,7 @@ def main() -> int:
                 print(f"  {model} {code} seed {seed}: {pick.wall_s:.0f} s, pick {pick.config} at "
                       f"{pick.concurrency} ({pick.measured} infer/s by the study)", flush=True)
                 picks.append(pick)
+            picks += _grid_references(model, args.max_p95, args.grid_top)
         subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=False)
         scores = _remeasure(repository, picks, args.rounds, Path(tmp))
     _print(picks, scores, args)
@@ -140,8 +148,27 @@ def _study(code: str, commit: str, tree: Path, repository: Path, model: str, lim
     if done.returncode != 0:
         sys.exit(f"{code} study of {model} failed: {done.stderr[-2000:]}")
     best = json.loads(done.stdout)["best"] or {}
-    return Pick(code, commit, model, limit_ms, seed, round(wall_s, 1), best.get("config"), best.get("concurrency"),
-                best.get("throughput"), datetime.date.today().isoformat())
+    return Pick(code, commit, model, limit_ms, seed, round(wall_s, 1), best.get("config"),
+                best.get("deploy_concurrency", best.get("concurrency")), best.get("throughput"),
+                datetime.date.today().isoformat())
+
+
+def _grid_references(model: str, limit_ms: float, top: int) -> list[Pick]:
+    """The ``top`` configs of the model's newest grid with the most throughput within the limit, each at the
+    concurrency where it had the most."""
+    grids = sorted(ROOT.glob(f"benchmarks/grid/**/{model}.csv"), key=lambda path: path.read_text().splitlines()[0])
+    if not grids or top < 1:
+        return []
+    grid = Grid.read(model, limit_ms, grids[-1])
+    best: dict[object, tuple[int, float]] = {}
+    for (key, concurrency), point in grid.points.items():
+        if grid.feasible(point) and point.throughput > best.get(key, (0, 0.0))[1]:
+            best[key] = (concurrency, point.throughput)
+    ranked = sorted(best.items(), key=lambda item: -item[1][1])[:top]
+    date = grid.header.split("measured ")[1].split(" ")[0]
+    return [Pick("grid", "grid", model, limit_ms, rank, 0.0,
+                 ServerParams(dynamic, size, delay, preferred, instances).as_dict(), concurrency, throughput, date)
+            for rank, ((dynamic, size, delay, preferred, instances), (concurrency, throughput)) in enumerate(ranked)]
 
 
 def _env(tree: Path) -> dict[str, str]:
@@ -168,15 +195,27 @@ def _remeasure(repository: Path, picks: list[Pick], rounds: int, tmp: Path) -> d
 
 
 def _perf(binary: Path, environment: dict[str, str], url: str, pick: Pick, csv_path: Path) -> tuple[float, float]:
-    command = [str(binary), "-m", pick.model, "-u", url, "-i", "grpc", "--percentile=95",
-               "--concurrency-range", str(pick.concurrency), "--measurement-interval", str(PA_WINDOW_MS),
-               "--stability-percentage", "10", "--max-trials", "16", "-f", str(csv_path)]
-    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
+    """perf_analyzer's reading of a pick at its concurrency; a grid reference is measured at a quarter, half, three
+    quarters and all of its grid concurrency, up to the first that breaks the limit, and stands on the best that
+    held it: its best concurrency today."""
+    where = ["--concurrency-range", str(pick.concurrency)]
+    if pick.code == "grid":
+        step = max(1, pick.concurrency // 4)
+        where = ["--concurrency-range", f"{step}:{pick.concurrency}:{step}", "--latency-threshold",
+                 f"{pick.max_p95_ms:g}"]
+    command = [str(binary), "-m", pick.model, "-u", url, "-i", "grpc", "--percentile=95", *where,
+               "--measurement-interval", str(PA_WINDOW_MS), "--stability-percentage", str(PA_STABILITY),
+               "--max-trials", "16", "-f", str(csv_path)]
+    csv_path.unlink(missing_ok=True)
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0 and not csv_path.exists():
         return float("nan"), float("inf")
     with csv_path.open() as handle:
-        row = next(csv.DictReader(handle))
-    return float(row["Inferences/Second"]), float(row["p95 latency"]) / 1e3
+        rows = [(float(row["Inferences/Second"]), float(row["p95 latency"]) / 1e3) for row in csv.DictReader(handle)]
+    if pick.code != "grid":
+        return rows[0] if done.returncode == 0 else (float("nan"), float("inf"))
+    held = [row for row in rows if row[1] <= pick.max_p95_ms]
+    return max(held) if held else min(rows, key=lambda row: row[1])
 
 
 def _print(picks: list[Pick], scores: dict[str, tuple[float, int, int]], args: argparse.Namespace) -> None:
@@ -193,10 +232,15 @@ def _print(picks: list[Pick], scores: dict[str, tuple[float, int, int]], args: a
             score = f"{median / top:.2f}" if feasible else "over"
             print(f"{model:<10} {pick.code:<4} {pick.seed:>4} {pick.wall_s:>7.0f} {median:>10.0f} {ok:>2}/{n:<2} "
                   f"{score:>6}  {pick.config} at {pick.concurrency}")
-        for code in ("new", "old"):
-            walls = [p.wall_s for p in mine if p.code == code]
-            if walls:
-                print(f"{model:<10} {code:<4} median wall {statistics.median(walls):.0f} s over {len(walls)}")
+        walls = {code: [p.wall_s for p in mine if p.code == code] for code in ("new", "old")}
+        for code, times in walls.items():
+            if times:
+                print(f"{model:<10} {code:<4} median wall {statistics.median(times):.0f} s over {len(times)}")
+        news = [scores[p.key][0] / top if p.key in scores and 2 * scores[p.key][1] >= scores[p.key][2] else 0.0
+                for p in mine if p.code == "new"]
+        if walls["new"] and walls["old"]:
+            print(f"{model:<10} new/old wall {statistics.median(walls['new']) / statistics.median(walls['old']):.2f}, "
+                  f"new median score {statistics.median(news):.2f} (an over-the-limit pick scores 0)")
 
 
 if __name__ == "__main__":

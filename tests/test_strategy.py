@@ -14,8 +14,16 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.errors import AutotuneError
 from autotune.load.policy import Meter
 from autotune.load.windows import Measurement
-from autotune.records import CAPPED_KEY, SAME_AS_KEY, counted, is_feasible, trial_params
-from autotune.report.summary import trial_line
+from autotune.records import (
+    CAPPED_KEY,
+    SAME_AS_KEY,
+    best_trial,
+    counted,
+    deployed_concurrency,
+    is_feasible,
+    trial_params,
+)
+from autotune.report.summary import summary, trial_line
 from autotune.search import (
     DEFAULT_STRATEGY,
     DELAY_RUNG_KEY,
@@ -57,12 +65,40 @@ def test_the_first_trials_are_the_baseline_and_the_guides_rule_of_thumb_with_the
 
 
 def test_the_crown_goes_to_runs_that_held_the_limit_then_to_the_highest_median() -> None:
-    flattered = [Run(1500.0, 12.0, 0), Run(1450.0, 11.0, 0)]  # the best first measurement, now over a 10 ms limit
-    steady = [Run(1200.0, 9.0, 0), Run(1190.0, 9.5, 0)]
-    faster = [Run(1300.0, 9.8, 0), Run(1250.0, 10.5, 0)]  # held the limit once in two: still eligible
+    flattered = [Run(1500.0, 12.0, 0, 16), Run(1450.0, 11.0, 0, 16)]  # the best first reading, now over 10 ms
+    steady = [Run(1200.0, 9.0, 0, 16), Run(1190.0, 9.5, 0, 16)]
+    faster = [Run(1300.0, 9.8, 0, 16), Run(1250.0, 10.5, 0, 16)]  # held the limit once in two: still eligible
     assert crown({1: flattered, 2: steady, 3: faster}, max_p95_ms=10.0) == 3
     assert crown({1: flattered, 2: steady}, max_p95_ms=10.0) == 2
-    assert crown({1: flattered, 2: [Run(900.0, 20.0, 0), Run(900.0, 9.0, 3)]}, max_p95_ms=10.0) == 1
+    assert crown({1: flattered, 2: [Run(900.0, 20.0, 0, 16), Run(900.0, 9.0, 3, 16)]}, max_p95_ms=10.0) == 1
+    # Crowned on the runs at the concurrency it was last measured at: where it held the limit.
+    moved = [Run(1500.0, 12.0, 0, 16), Run(1350.0, 9.0, 0, 13)]
+    assert crown({1: moved, 2: steady}, max_p95_ms=10.0) == 1
+
+
+def test_a_run_over_the_limit_moves_the_next_to_as_few_requests_in_flight_as_would_hold_it() -> None:
+    # 12 ms against a 10 ms limit at 16 in flight: 16 x 10 / 12 = 13.3 would just hold it; 0.9 of that is 12.
+    assert Run(1500.0, 12.0, 0, 16).fewer(max_p95_ms=10.0) == 12
+    assert Run(1500.0, 10.5, 0, 16).fewer(max_p95_ms=10.0) == 13
+    assert Run(1500.0, 10.1, 0, 2).fewer(max_p95_ms=10.0) == 1, "always at least one fewer, never none"
+    assert Run(0.0, math.inf, 5, 16).fewer(max_p95_ms=10.0) == 16, "errors say nothing of the concurrency"
+
+
+def test_a_top_trial_that_breaks_the_limit_again_is_crowned_and_deployed_where_it_held() -> None:
+    load = ReadingsLoad([(2000.0, 9.5), (1500.0, 8.0),  # two configs, both within a 10 ms limit at 16
+                         (1900.0, 12.5), (1450.0, 8.0),  # again: the better one now breaks it ...
+                         (1480.0, 8.0), (1800.0, 9.0)])  # ... and, backwards, holds it at 16 x 0.9 x 10 / 12.5 = 11
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=10.0)
+    for instances in (1, 2):
+        tuner.study.enqueue_trial({**NO_BATCHING, "instance_count": instances, "concurrency": 16})
+    tuner.optimize(2)
+    tuner.confirm(rounds=2)
+    confirmed = tuner.study.user_attrs["confirmed"]
+    assert confirmed["winner"] == 0 and confirmed["concurrency"] == 11
+    assert confirmed["trials"][0]["concurrency"] == [16, 11]
+    best = best_trial(tuner.study)
+    assert best is not None and deployed_concurrency(tuner.study, best) == 11
+    assert "the winner holds it at concurrency 11" in summary(tuner.study)
 
 
 def test_the_top_trials_are_measured_again_in_alternating_order_so_drift_weighs_on_all_alike() -> None:

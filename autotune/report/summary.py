@@ -20,6 +20,7 @@ from autotune.records import (
     StudySettings,
     baseline_trial,
     best_trial,
+    deployed_concurrency,
     is_feasible,
     top_feasible,
     trial_params,
@@ -95,7 +96,8 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
         lines.append(f"{trial.number:>5} {a['concurrency']:>5} {trial.value:>10.1f} {a['p50_ms']:>8.2f} "
                      f"{a['p95_ms']:>8.2f} {a['p99_ms']:>8.2f}  {describe(a['config'])}")
     if output is not None:
-        lines += ["", f"Best config written to {output} (run clients at concurrency {best.user_attrs['concurrency']})."]
+        lines += ["", f"Best config written to {output} (run clients at concurrency "
+                      f"{deployed_concurrency(study, best)})."]
     return "\n".join(lines)
 
 
@@ -115,8 +117,14 @@ def confirmation(study: optuna.Study) -> list[str]:
                    for p, e in zip(run["p95_ms"], run["errors"], strict=True))
         p95 = ", ".join("-" if p is None else f"{p:.2f}" for p in run["p95_ms"])
         mark = "  <- winner" if run["trial"] == confirmed["winner"] else ""
+        moved = run.get("concurrency", [])
+        at = f" at concurrency {', '.join(map(str, moved))}" if len(set(moved)) > 1 else ""
         lines.append(f"  trial {run['trial']:>3}: first {run['first'][0]:.1f} infer/sec, again median {median:.1f} "
-                     f"(±{spread:.0%}); p95 {p95} ms; held the limit {held} of {len(throughput)}{mark}")
+                     f"(±{spread:.0%}){at}; p95 {p95} ms; held the limit {held} of {len(throughput)}{mark}")
+    if "concurrency" in confirmed and any(run["trial"] == confirmed["winner"] and
+                                          run["concurrency"][0] != confirmed["concurrency"] for run in runs):
+        lines.append(f"  A run over the limit moves that trial's next runs to fewer requests in flight: the winner "
+                     f"holds it at concurrency {confirmed['concurrency']}.")
     return lines
 
 
@@ -133,7 +141,7 @@ def study_note(study: optuna.Study) -> str:
     ratio = _gain(best, baseline_trial(study))
     gain = f", {ratio:.2f}x the baseline" if ratio is not None else ""
     return (f"## Best feasible: trial {best.number}\n\n{best.value:.1f} infer/sec at concurrency "
-            f"{best.user_attrs['concurrency']}, p95 {best.user_attrs['p95_ms']:.2f} ms (limit {limit} ms){gain}.\n\n"
+            f"{deployed_concurrency(study, best)}, p95 {best.user_attrs['p95_ms']:.2f} ms (limit {limit} ms){gain}.\n\n"
             f"```\n{to_pbtxt(config)}```\n")
 
 
@@ -144,11 +152,13 @@ def _gain(best: FrozenTrial | None, baseline: FrozenTrial | None) -> float | Non
     return (best.value or 0.0) / baseline.user_attrs["throughput"]
 
 
-def trial_json(trial: FrozenTrial | None) -> dict[str, Any] | None:
+def trial_json(trial: FrozenTrial | None, concurrency: int | None = None) -> dict[str, Any] | None:
+    """A trial's figures; ``concurrency`` is where to run it when that is not where it was measured."""
     if trial is None:
         return None
     metrics = {key: trial.user_attrs.get(key) for key in _METRICS}
-    return {"trial": trial.number, **metrics, "config": trial.user_attrs.get("config")}
+    deploy = {} if concurrency in (None, metrics["concurrency"]) else {"deploy_concurrency": concurrency}
+    return {"trial": trial.number, **metrics, **deploy, "config": trial.user_attrs.get("config")}
 
 
 def study_json(study: optuna.Study, storage: str, output: Path | None) -> dict[str, Any]:
@@ -162,7 +172,7 @@ def study_json(study: optuna.Study, storage: str, output: Path | None) -> dict[s
         "max_p95_ms": study.user_attrs.get(MAX_P95_KEY),
         "trials": {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState},
         "baseline": trial_json(baseline),
-        "best": trial_json(best),
+        "best": trial_json(best, deployed_concurrency(study, best) if best is not None else None),
         "gain": _gain(best, baseline),
         "output": str(output) if output is not None and best is not None else None,
     }
@@ -183,5 +193,7 @@ def export(config: ModelConfig, trial: FrozenTrial, study: optuna.Study, path: P
     header = (f"# Tuned by autotune: study {study.study_name}, trial {trial.number}.\n"
               f"# Measured {trial.value:.1f} infer/sec at client concurrency {a['concurrency']}, "
               f"p95 {a['p95_ms']:.2f} ms (limit {study.user_attrs.get(MAX_P95_KEY)} ms).\n")
+    if (deploy := deployed_concurrency(study, trial)) != a["concurrency"]:
+        header += f"# Re-measured, it held the limit at client concurrency {deploy}: run clients there.\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + to_pbtxt(config))

@@ -1,5 +1,11 @@
 """The winner's curse, answered: the top feasible trials measured again round-robin, and the winner crowned on
-those runs rather than on its first, flattered reading."""
+those runs rather than on its first, flattered reading.
+
+A sweep stands on the most requests in flight that held the limit once, so the top trials sit on the limit's edge
+and the next reading often breaks it. A run that breaks the limit moves that trial's next runs to fewer requests in
+flight, as many fewer as its p95 was over (at saturation latency grows with the requests in flight, Little's law),
+and a little more: the winner is crowned, and deployed, at the concurrency where its runs held.
+"""
 
 from __future__ import annotations
 
@@ -18,25 +24,41 @@ from autotune.report.notes import crowned_note
 from autotune.study.objective import Target
 from autotune.triton.model_config import apply
 
+# A trial whose run broke the limit is measured next at this share of the concurrency that would just hold it.
+MARGIN = 0.9
+
 
 @dataclass(frozen=True)
 class Run:
-    """One re-measurement of a trial's config."""
+    """One re-measurement of a trial's config, at ``concurrency`` requests in flight."""
 
     throughput: float
     p95_ms: float
     errors: int
+    concurrency: int
 
     def held(self, max_p95_ms: float) -> bool:
         return self.p95_ms <= max_p95_ms and not self.errors
 
+    def fewer(self, max_p95_ms: float) -> int:
+        """Where to measure next after this run broke the limit: as many requests in flight as would hold it."""
+        if self.errors or not math.isfinite(self.p95_ms):
+            return self.concurrency
+        return max(1, min(self.concurrency - 1, int(self.concurrency * MARGIN * max_p95_ms / self.p95_ms)))
+
+
+def final(runs: Sequence[Run]) -> list[Run]:
+    """The runs at the concurrency a trial was last measured at: the ones it is crowned on."""
+    return [run for run in runs if run.concurrency == runs[-1].concurrency]
+
 
 def crown(runs: dict[int, Sequence[Run]], max_p95_ms: float) -> int:
-    """The trial whose re-measurements held the limit at least half the time, with the highest median throughput;
-    when none held it, the one that held it most often."""
+    """The trial whose last runs (``final``) held the limit at least half the time, with the highest median
+    throughput; when none held it, the one that held it most often."""
     def score(number: int) -> tuple[float, float]:
-        held = sum(run.held(max_p95_ms) for run in runs[number]) / len(runs[number])
-        return (min(held, 0.5), float(np.median([run.throughput for run in runs[number]])))
+        counted = final(runs[number])
+        held = sum(run.held(max_p95_ms) for run in counted) / len(counted)
+        return (min(held, 0.5), float(np.median([run.throughput for run in counted])))
 
     return max(runs, key=score)
 
@@ -55,23 +77,29 @@ def confirm(study: optuna.Study, storage: BaseStorage, target: Target, meter: Me
         return
     base, max_p95_ms = target.original, meter.max_p95_ms
     runs: dict[int, list[Run]] = {t.number: [] for t in top}
+    concurrency = {t.number: int(t.user_attrs[CONCURRENCY_KEY]) for t in top}
     # Every other round backwards (A B C, C B A, ...): a drift of the machine's speed weighs on all alike, and the
     # config measured last in a round is measured first in the next without a reload.
     for trial in (t for round_ in range(rounds) for t in (top if round_ % 2 == 0 else top[::-1])):
-        measured = meter.again(trial.user_attrs[CONCURRENCY_KEY], target.apply(apply(base, trial_params(trial))))
-        runs[trial.number].append(Run(measured.throughput, measured.p95_ms, measured.errors))
+        at = concurrency[trial.number]
+        measured = meter.again(at, target.apply(apply(base, trial_params(trial))))
+        run = Run(measured.throughput, measured.p95_ms, measured.errors, at)
+        runs[trial.number].append(run)
+        if not run.held(max_p95_ms):
+            concurrency[trial.number] = run.fewer(max_p95_ms)
     winner = next(t for t in top if t.number == crown(runs, max_p95_ms))
+    won = final(runs[winner.number])
     study.set_user_attr(CONFIRMED_KEY, {
         "winner": winner.number,
+        "concurrency": won[0].concurrency,
         MAX_P95_KEY: max_p95_ms,
         "trials": [{"trial": t.number, "first": [round(t.value or 0.0, 2), t.user_attrs["p95_ms"]],
                     "throughput": [round(r.throughput, 2) for r in runs[t.number]],
                     "p95_ms": [round(r.p95_ms, 3) if math.isfinite(r.p95_ms) else None for r in runs[t.number]],
-                    "errors": [r.errors for r in runs[t.number]]} for t in top],
+                    "errors": [r.errors for r in runs[t.number]],
+                    "concurrency": [r.concurrency for r in runs[t.number]]} for t in top],
     })
     trial_id = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(study.study_name), winner.number)
-    won = runs[winner.number]
     save_note(optuna.Trial(study, trial_id), crowned_note(
-        apply(base, trial_params(winner)), winner.user_attrs[CONCURRENCY_KEY],
-        [r.throughput for r in won], [r.p95_ms for r in won]))
+        apply(base, trial_params(winner)), won[0].concurrency, [r.throughput for r in won], [r.p95_ms for r in won]))
