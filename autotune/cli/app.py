@@ -115,7 +115,8 @@ def optimize(
     concurrency_search: Annotated[ConcurrencySearch, typer.Option(
         help="sample: concurrency is one more sampled setting. sweep: each trial doubles it on its config, "
         "without reloads, from where the best config so far peaked (or the batcher's fill level), while p95 holds "
-        "and throughput still grows; past the limit it halves, then tries one point between.")] = "sweep",
+        "and throughput still grows; past the limit it halves, then tries one point between. A config over the "
+        "limit where it starts, reading under 0.9 of the best, cannot win and is cut short.")] = "sweep",
     gpus: Annotated[str | None, typer.Option(
         help="GPU ids, e.g. 0,1: one worker with its own embedded server per GPU (CUDA_VISIBLE_DEVICES), "
         "all on one study.")] = None,
