@@ -40,6 +40,7 @@ def test_a_trials_progress_line_says_where_its_settings_came_from() -> None:
         "concurrency   2:   1000.0 infer/sec, p95    8.00 ms ok, a step from trial 3 [no dynamic batching, 1 instance]")
     rung = create_trial(value=950.0, user_attrs=measured(950.0, 8.0, delay_rung=2), system_attrs=feasible)
     assert "ok, as trial 2 measured these settings [" in trial_line(repeat, 20, 10.0)
+    assert trial_line(repeat, 20, 10.0, spent=3).startswith("[3/20] trial "), "a free repeat counts nothing"
     assert "ok, the rule of thumb with a longer delay (rung 2) [" in trial_line(rung, 20, 10.0)
     baseline = create_trial(value=500.0, user_attrs=measured(500.0, 4.0, baseline=True), system_attrs=feasible)
     rule = create_trial(value=800.0, user_attrs=measured(800.0, 8.0, rule_of_thumb=True), system_attrs=feasible)

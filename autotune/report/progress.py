@@ -41,10 +41,11 @@ class TrialProgress:
             self._bar.stop()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        line = trial_line(trial, self._n_trials, self._max_p95_ms, self._strategy)
+        spent = counted_trials(study)
+        line = trial_line(trial, self._n_trials, self._max_p95_ms, self._strategy, spent)
         self._console.print(line, markup=False, highlight=False)
         if self._bar is not None:
-            self._bar.update(self._task, completed=counted_trials(study), best=_best(study))
+            self._bar.update(self._task, completed=spent, best=_best(study))
 
 
 def _best(study: optuna.Study) -> str:

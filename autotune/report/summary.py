@@ -42,10 +42,13 @@ def describe(params: dict[str, Any]) -> str:
     return f"dynamic batching (max batch {batch}, delay {delay} us, preferred {preferred}), {instances}"
 
 
-def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float, strategy: Strategy = DEFAULT_STRATEGY) -> str:
-    """The progress line printed as each trial ends; ``strategy`` words where its settings came from."""
+def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float, strategy: Strategy = DEFAULT_STRATEGY,
+               spent: int | None = None) -> str:
+    """The progress line printed as each trial ends; ``strategy`` words where its settings came from, and
+    ``spent`` is how many of the ``n_trials`` are used up (by default, as if every trial before it counted: a
+    repeat of measured settings leaves the count where it was)."""
     attrs = trial.user_attrs
-    head = f"[{trial.number + 1}/{n_trials}] trial {trial.number}"
+    head = f"[{trial.number + 1 if spent is None else spent}/{n_trials}] trial {trial.number}"
     settings = describe(attrs["config"]) if "config" in attrs else ""
     if trial.state != TrialState.COMPLETE:
         reason = attrs.get("fail_reason") or attrs.get("pruned_reason") or "interrupted"
