@@ -171,7 +171,7 @@ def test_a_config_the_server_refuses_fails_its_trial_and_the_study_goes_on(
                       "--storage", storage, "--space", str(space), "--seed", "1", *QUICK, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = load(storage, "picky-p95-1000ms").trials
-    assert len(trials) == 6
+    assert counted(trials) == 6
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert failed, "the seeded study should have asked for a max_batch_size that picky refuses"
     assert all("picky refuses" in t.user_attrs["fail_reason"] for t in failed)

@@ -94,7 +94,7 @@ def test_a_killed_workers_trial_fails_and_its_parameters_are_retried(
     retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
     assert [t.state for t in retries] == [TrialState.COMPLETE]
     assert retries[0].params == killed.params and retries[0].user_attrs["gpu"] == "survivor"
-    assert sum(counts_toward_total(t) for t in trials) == 6
+    assert counted(trials) == 6
 
 
 def test_storage_passwords_never_show(postgres_url: str, triton, tmp_path: Path) -> None:
@@ -126,9 +126,9 @@ def test_gpus_runs_one_worker_per_gpu_on_one_study(repository: Path, tmp_path: P
     assert result.returncode == 0, result.stderr
     # Counted, not finished: a Triton crash under two servers on two cores fails one trial, which a new server
     # then makes up for (the warning is on stderr).
-    counted = [t for t in load(storage, "gpus").trials if counts_toward_total(t)]
-    assert len(counted) == 5
-    assert {t.user_attrs["gpu"] for t in counted} == {"0", "1"}
+    trials = load(storage, "gpus").trials
+    assert counted(trials) == 5, "a free repeat of measured settings may add a trial"
+    assert {t.user_attrs["gpu"] for t in trials if counts_toward_total(t)} == {"0", "1"}
     assert result.stdout.startswith("Study gpus: ")
     assert "Best config written to" in result.stdout
 
