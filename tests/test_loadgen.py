@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autotune.load.loop import REQUESTS_PER_CONNECTION, LoadGenerator, LoadSettings
-from autotune.load.windows import Measurement
+from autotune.load.windows import MIN_WINDOWS, Measurement
 from autotune.triton.embedded import EmbeddedServer
 from autotune.triton.server import ModelServer
 
@@ -24,7 +24,7 @@ def test_a_measurement_reports_throughput_and_ordered_percentiles(triton: Embedd
     server.close()
     assert measurement.errors == 0
     assert measurement.requests > 10
-    assert 3 <= measurement.windows <= QUICK.max_windows
+    assert MIN_WINDOWS <= measurement.windows <= QUICK.max_windows
     assert 0 < measurement.p50_ms <= measurement.p90_ms <= measurement.p95_ms <= measurement.p99_ms
     # Figures come from every window (a window runs on past its length only when it holds under 20 replies); the
     # server also served the warm-up.
