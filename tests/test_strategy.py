@@ -38,6 +38,7 @@ from autotune.search import (
     check_sampler,
 )
 from autotune.study.confirm import Run, crown
+from autotune.study.tuner import Tuner
 
 
 def test_a_window_without_replies_condemns_nothing_but_errors_do() -> None:
@@ -122,6 +123,16 @@ BATCHES_OF_8 = {"instance_count": 1, "dynamic_batching": True, "max_batch_size":
                 "max_queue_delay_microseconds": 15000, "preferred_batch_size": "max"}
 
 
+def sweep_two(load: ReadingsLoad) -> Tuner:
+    """Sweeps, within a 20 ms limit and up to 16 in flight, the batcher off and then batches of 8."""
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(concurrency=IntRange(1, 16)),
+                       concurrency_search="sweep")
+    tuner.study.enqueue_trial(NO_BATCHING)
+    tuner.study.enqueue_trial(BATCHES_OF_8)
+    tuner.optimize(2)
+    return tuner
+
+
 @pytest.mark.parametrize(("config", "figures", "swept", "chosen"), [
     pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 6), 4: (300, 9), 8: (310, 15)}, [1, 2, 4, 8], 8,
                  id="saturated"),
@@ -150,11 +161,7 @@ def test_a_sweep_starts_where_the_studys_best_config_peaked_halves_while_it_brea
         (100, 5), (200, 6), (400, 8), (800, 12), (1600, 15),  # the first config: still gaining at the space's top
         (2000, 25), (1500, 14), (1800, 18),  # the next starts there (16), halves to 8, then tries 11
     ])
-    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(concurrency=IntRange(1, 16)),
-                       concurrency_search="sweep")
-    tuner.study.enqueue_trial(NO_BATCHING)
-    tuner.study.enqueue_trial(BATCHES_OF_8)
-    tuner.optimize(2)
+    tuner = sweep_two(load)
     first, second = tuner.study.trials
     assert [point[0] for point in first.user_attrs["sweep"]] == [1, 2, 4, 8, 16]
     assert first.user_attrs[CAPPED_KEY] is True, "the space, not the server, ended its sweep"
@@ -201,11 +208,7 @@ def test_a_sweep_whose_start_breaks_the_limit_reading_under_the_best_cannot_win_
         (100, 5), (200, 6), (400, 8), (800, 12), (1600, 15),  # the first config: 1600 infer/s at 16
         (1400, 25),  # the next starts at 16 over the limit and under 0.9 x 1600: halving only reads less
     ])
-    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(concurrency=IntRange(1, 16)),
-                       concurrency_search="sweep")
-    tuner.study.enqueue_trial(NO_BATCHING)
-    tuner.study.enqueue_trial(BATCHES_OF_8)
-    tuner.optimize(2)
+    tuner = sweep_two(load)
     _, cut = tuner.study.trials
     assert cut.state == TrialState.PRUNED and cut.user_attrs["sweep"] == [[16, 1400, 25]]
     assert cut.user_attrs["pruned_reason"].startswith("cannot win: 1400 infer/s over the limit at concurrency 16")
@@ -218,11 +221,7 @@ def test_the_point_between_is_skipped_where_the_broken_point_above_it_could_not_
         (300, 5), (600, 6), (1000, 9), (1020, 15),  # saturated at 8: 1020 infer/s is the best
         (800, 12), (850, 25),  # from the fill level 8 up to 16, which breaks the limit reading under 0.9 x 1020
     ])
-    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=SearchSpace(concurrency=IntRange(1, 16)),
-                       concurrency_search="sweep")
-    tuner.study.enqueue_trial(NO_BATCHING)
-    tuner.study.enqueue_trial(BATCHES_OF_8)
-    tuner.optimize(2)
+    tuner = sweep_two(load)
     first, second = tuner.study.trials
     assert (first.user_attrs["concurrency"], first.value) == (8, 1020)
     assert [point[0] for point in second.user_attrs["sweep"]] == [8, 16], "no point at 11"
