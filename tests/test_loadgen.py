@@ -1,14 +1,16 @@
 """The load loop against a real embedded Triton server."""
 
+import asyncio
 import contextlib
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from autotune.load.loop import REQUESTS_PER_CONNECTION, LoadGenerator, LoadSettings
+from autotune.load.loop import REQUESTS_PER_CONNECTION, WARMUP_SLICE_S, LoadGenerator, LoadSettings, _warm_up
 from autotune.load.windows import MIN_WINDOWS, Measurement
 from autotune.triton.embedded import EmbeddedServer
 from autotune.triton.server import ModelServer
@@ -130,3 +132,17 @@ def test_requests_in_flight_share_a_connection_six_at_most_as_perf_analyzers_do(
     LoadGenerator(triton.url, "mlp", QUICK).measure(2 * REQUESTS_PER_CONNECTION + 1, stop_early=count_connections)
     assert REQUESTS_PER_CONNECTION == 6
     assert opened == [3]
+
+
+def test_a_warm_up_ends_at_the_first_slice_whose_latency_no_longer_falls_by_a_fifth() -> None:
+    medians_ms = iter([40.0, 12.0, 9.5, 9.4, 9.4])  # a reload's first slow replies, then settling
+
+    def collect(until: float) -> list[tuple[np.ndarray, int, str]]:
+        return [(np.full(10, next(medians_ms) / 1e3), 0, "")]
+
+    started = time.perf_counter()
+    ended = asyncio.run(_warm_up(collect, started, longest_s=1.0))
+    assert ended - started == pytest.approx(4 * WARMUP_SLICE_S), "9.4 ms is within a fifth of 9.5 ms"
+    started = time.perf_counter()
+    ended = asyncio.run(_warm_up(lambda until: [(np.empty(0), 0, "")], started, longest_s=0.25))
+    assert ended - started == pytest.approx(0.25), "without a reply the warm-up runs to its longest"
