@@ -156,7 +156,7 @@ def _study(code: str, commit: str, tree: Path, repository: Path, model: str, lim
 def _grid_references(model: str, limit_ms: float, top: int) -> list[Pick]:
     """The ``top`` configs of the model's newest grid with the most throughput within the limit, each at the
     concurrency where it had the most."""
-    grids = sorted(ROOT.glob(f"benchmarks/grid/**/{model}.csv"), key=lambda path: path.read_text().splitlines()[0])
+    grids = sorted(ROOT.glob(f"benchmarks/grid/**/{model}.csv"), key=_header)
     if not grids or top < 1:
         return []
     grid = Grid.read(model, limit_ms, grids[-1])
@@ -169,6 +169,12 @@ def _grid_references(model: str, limit_ms: float, top: int) -> list[Pick]:
     return [Pick("grid", "grid", model, limit_ms, rank, 0.0,
                  ServerParams(dynamic, size, delay, preferred, instances).as_dict(), concurrency, throughput, date)
             for rank, ((dynamic, size, delay, preferred, instances), (concurrency, throughput)) in enumerate(ranked)]
+
+
+def _header(grid: Path) -> str:
+    """A grid's first line, which names the day it was measured: the newest sorts last."""
+    with grid.open() as handle:
+        return handle.readline()
 
 
 def _env(tree: Path) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -125,18 +125,14 @@ class Objective:
                 "p95_ms": round(measurement.p95_ms, 3), "concurrency": measurement.concurrency,
             })
         if measurement.cut_short:
-            trial.report(measurement.throughput, step=measurement.windows)
             why = (f"{measurement.errors} errors" if measurement.errors else
                    f"median latency {measurement.p50_ms:.1f} ms, over the limit")
-            trial.set_user_attr(PRUNED_REASON_KEY, f"stopped after window {measurement.windows}: {why}")
-            raise optuna.TrialPruned(why)
+            _prune(trial, measurement, f"stopped after window {measurement.windows}: {why}")
         if reading.cannot_win:
-            trial.report(measurement.throughput, step=measurement.windows)
-            why = (f"cannot win: {measurement.throughput:.0f} infer/s over the limit at concurrency "
-                   f"{measurement.concurrency}, and fewer requests in flight read less; the best holds {to_beat:.0f}")
-            trial.set_user_attr(PRUNED_REASON_KEY, why)
             trial.set_user_attr(CANNOT_WIN_KEY, True)
-            raise optuna.TrialPruned(why)
+            _prune(trial, measurement, f"cannot win: {measurement.throughput:.0f} infer/s over the limit at "
+                   f"concurrency {measurement.concurrency}, and fewer requests in flight read less; the best holds "
+                   f"{to_beat:.0f}")
         if all(c <= 0 for c in limits) and measurement.throughput > best_value(trial.study):
             save_note(trial, new_best_note(config, measurement.throughput, measurement.concurrency,
                                            measurement.p95_ms))
@@ -155,6 +151,13 @@ class Objective:
                     concurrency is None or trial.user_attrs[CONCURRENCY_KEY] == concurrency):
                 return trial
         return None
+
+
+def _prune(trial: optuna.Trial, measurement: Measurement, reason: str) -> NoReturn:
+    """End a trial as pruned: its reading as the last intermediate value, and why."""
+    trial.report(measurement.throughput, step=measurement.windows)
+    trial.set_user_attr(PRUNED_REASON_KEY, reason)
+    raise optuna.TrialPruned(reason)
 
 
 def _answer_from(trial: optuna.Trial, twin: FrozenTrial) -> float:
