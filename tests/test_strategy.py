@@ -388,6 +388,17 @@ def test_a_new_proposer_composed_before_the_default_strategy_runs_first_and_word
     assert strategy.label(first) == ["the most instances"] and DEFAULT_STRATEGY.label(first) == []
 
 
+def test_a_proposal_two_workers_queued_at_once_runs_once() -> None:
+    tuner = make_tuner(FakeTarget(), ReadingsLoad([(100.0, 5.0), (900.0, 8.0)]), strategy=DEFAULT_STRATEGY)
+    for _ in range(2):  # both workers found the queue empty and proposed the baseline
+        tuner.study.enqueue_trial({"concurrency": 2}, user_attrs={"baseline": True})
+    tuner.optimize(2)
+    baseline, copy, rule = tuner.study.trials
+    assert baseline.state == TrialState.COMPLETE and baseline.user_attrs["baseline"]
+    assert copy.state == TrialState.FAIL and "fail_reason" not in copy.user_attrs, "the copy counts toward nothing"
+    assert rule.user_attrs["rule_of_thumb"] and counted(tuner.study.trials) == 2
+
+
 def test_the_samplers_turn_comes_when_no_proposer_has_a_trial() -> None:
     tuner = make_tuner(FakeTarget(), ReadingsLoad([(100.0, 5.0)] * 2), strategy=Strategy())
     tuner.optimize(2)

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, fail_stale_trials
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from autotune.records import counted
+from autotune.records import counted, counts_or_pending, planned_params
 from autotune.search.strategy import Proposal
 
 POLL_S = 1.0
@@ -69,11 +69,24 @@ class TrialQueue:
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
                     continue
+                if self._proposed_twice(ticket):
+                    # Two workers that found the queue empty at once proposed the same trial: run it once. Failed
+                    # without a reason of its own, the copy counts toward nothing, and the claim starts over.
+                    self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                    return self.claim()
                 if self._within_budget(ticket.number):
                     return optuna.Trial(self.study, trial_id)
                 self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
                 return None
         return None
+
+    def _proposed_twice(self, ticket: FrozenTrial) -> bool:
+        """Whether an earlier trial that counts or is pending carries the same proposal: its marks and its values."""
+        if not ticket.user_attrs:
+            return False  # the sampler's turn, which proposes nothing twice
+        return any(t.number < ticket.number and counts_or_pending(t) and planned_params(t) == planned_params(ticket)
+                   and {key: t.user_attrs.get(key) for key in ticket.user_attrs} == ticket.user_attrs
+                   for t in self.study.get_trials(deepcopy=False))
 
     def _within_budget(self, number: int) -> bool:
         """Whether the trials that count, and the running ones claimed before this one, leave room for it."""
