@@ -56,3 +56,33 @@ def _running_in_group(group: int) -> list[int]:
         if int(fields[2]) == group and fields[0] != "Z":
             running.append(int(stat.parent.name))
     return running
+
+
+SELF_COMPLETING_MODEL = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "INPUT", "data_type": "TYPE_FP32", "dims": [4]})
+        config.add_output({"name": "OUTPUT", "data_type": "TYPE_FP32", "dims": [4]})
+        return config
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", pb_utils.get_input_tensor_by_name(
+            request, "INPUT").as_numpy())]) for request in requests]
+'''
+
+
+def test_a_model_that_completes_its_own_config_still_loads(tmp_path: Path) -> None:
+    """The embedded server skips Triton's config auto-completion for speed, but not when a model relies on it."""
+    repository = tmp_path / "model_repository"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "model_repository" / "mlp", repository / "mlp")
+    (repository / "echo" / "1").mkdir(parents=True)
+    (repository / "echo" / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 8\n')
+    (repository / "echo" / "1" / "model.py").write_text(SELF_COMPLETING_MODEL)
+    with EmbeddedServer(repository) as server:
+        echo = ModelServer(server.url, "echo")
+        assert [tensor.name for tensor in echo.running_config().input] == ["INPUT"]
+        echo.close()

@@ -8,6 +8,7 @@ from autotune.errors import AutotuneError
 from autotune.params import ServerParams
 from autotune.triton.model_config import (
     apply,
+    completes_itself,
     from_json,
     override,
     params_of,
@@ -17,6 +18,7 @@ from autotune.triton.model_config import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIG = (ROOT / "model_repository" / "mlp" / "config.pbtxt").read_text()
 GPU_CONFIG = '''
 name: "resnet"
 platform: "onnxruntime_onnx"
@@ -97,3 +99,26 @@ def test_override_of_a_repeated_message_sets_every_element() -> None:
 def test_override_errors_say_what_is_wrong(assignment: str, message: str) -> None:
     with pytest.raises(AutotuneError, match=message):
         override(ModelConfig(), assignment)
+
+
+@pytest.mark.parametrize("model", ["mlp", "wide_mlp"])
+def test_a_shipped_model_needs_no_auto_complete(model: str) -> None:
+    assert not completes_itself(ROOT / "model_repository" / model)
+
+
+@pytest.mark.parametrize(("config", "code", "why"), [
+    (None, "", "no config.pbtxt"),
+    ('backend: "python"\nmax_batch_size: 8', "", "no inputs or outputs"),
+    ('max_batch_size: 8\ninput [{name: "X", data_type: TYPE_FP32, dims: [1]}]\n'
+     'output [{name: "Y", data_type: TYPE_FP32, dims: [1]}]', "", "no backend"),
+    ("not a config {", "", "an unreadable config"),
+    (SHIPPED_CONFIG, "class TritonPythonModel:\n    def auto_complete_config(config):\n        return config\n",
+     "a Python model that completes its own config"),
+])
+def test_a_model_needs_auto_complete_when_its_config_is_not_whole(tmp_path: Path, config: str | None, code: str,
+                                                                   why: str) -> None:
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.py").write_text(code or "class TritonPythonModel:\n    pass\n")
+    if config is not None:
+        (tmp_path / "config.pbtxt").write_text(config)
+    assert completes_itself(tmp_path), why

@@ -1,9 +1,10 @@
 """Start the ``tritonserver`` binary that the ``nvidia-pytriton`` wheel ships, as a child of autotune.
 
 The server listens on loopback only, on free ports, dies with its parent (``PR_SET_PDEATHSIG``), and keeps
-its log in a file so that load errors can be quoted back to the user. Stopping it leaves nothing behind but the
-log of a server that crashed, for the user to read; what a killed autotune (SIGKILL runs no clean-up) left behind,
-the next embedded server removes.
+its log in a file so that load errors can be quoted back to the user. It completes model configs only where some
+model of the repository needs it (``completes_itself``): that costs every reload of a Python model a second.
+Stopping it leaves nothing behind but the log of a server that crashed, for the user to read; what a killed
+autotune (SIGKILL runs no clean-up) left behind, the next embedded server removes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from autotune.errors import AutotuneError
+from autotune.triton.model_config import completes_itself
 
 _PR_SET_PDEATHSIG = 1
 # How long a server whose connections dropped may take to be seen as exited, before it counts as alive.
@@ -156,6 +158,8 @@ class EmbeddedServer:
             "--exit-timeout-secs=5",
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
         ]
+        if not any(completes_itself(model) for model in self.model_repository.iterdir() if model.is_dir()):
+            args.append("--disable-auto-complete-config")
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
                 args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,

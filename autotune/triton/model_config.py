@@ -28,6 +28,24 @@ def parse_pbtxt(text: str, source: str = "config") -> ModelConfig:
         raise AutotuneError(f"{source}: not a valid Triton model config: {error}") from None
 
 
+def completes_itself(model_dir: Path) -> bool:
+    """Whether Triton must complete a model's config when it loads it (its auto-complete): the config is missing,
+    unreadable, or names no backend, inputs or outputs, or a Python model fills in its own
+    (``auto_complete_config``).
+
+    Anything else loads the same without it, and a Python model's reload then skips the extra stub process that
+    auto-complete starts, 1.2 s of every 1.4 s on this machine.
+    """
+    try:
+        config = text_format.Parse((model_dir / "config.pbtxt").read_text(), ModelConfig())
+    except (OSError, UnicodeDecodeError, text_format.ParseError):
+        return True
+    if not (config.backend or config.platform) or not config.input or not config.output:
+        return True
+    return any("def auto_complete_config" in source.read_text(errors="replace")
+               for source in model_dir.glob("*/*.py"))
+
+
 def to_pbtxt(config: ModelConfig) -> str:
     return text_format.MessageToString(config)
 
