@@ -134,8 +134,10 @@ def sweep_two(load: ReadingsLoad) -> Tuner:
 
 
 @pytest.mark.parametrize(("config", "figures", "swept", "chosen"), [
-    pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 6), 4: (300, 9), 8: (310, 15)}, [1, 2, 4, 8], 8,
-                 id="saturated"),
+    pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 6), 4: (300, 9), 8: (310, 15)}, [1, 2, 4, 8], 4,
+                 id="saturated-stands-on-the-knee"),
+    pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 6), 4: (300, 9), 8: (330, 15), 16: (335, 19)},
+                 [1, 2, 4, 8, 16], 8, id="saturated-later"),
     pytest.param(NO_BATCHING, {1: (100, 5), 2: (190, 8), 3: (250, 15), 4: (300, 25)}, [1, 2, 4, 3], 3,
                  id="over-the-limit-then-between"),
     pytest.param(NO_BATCHING, {1: (100, 5), 2: (200, 6), 4: (400, 9), 8: (800, 12), 16: (1600, 18)},
@@ -143,7 +145,7 @@ def sweep_two(load: ReadingsLoad) -> Tuner:
     pytest.param(BATCHES_OF_8, {1: (60, 25), 2: (60, 30), 4: (50, 35), 8: (900, 12), 16: (880, 15)},
                  [8, 16], 8, id="from-the-batchers-fill-level"),
 ])
-def test_a_sweep_stops_once_doubling_gains_under_5_percent_or_breaks_the_limit(
+def test_a_sweep_stops_once_doubling_gains_under_5_percent_or_breaks_the_limit_and_stands_on_the_knee(
     config: dict[str, object], figures: dict[int, tuple[float, float]], swept: list[int], chosen: int,
 ) -> None:
     tuner = make_tuner(FakeTarget(), ScriptedLoad(figures), max_p95_ms=20.0,
@@ -218,7 +220,7 @@ def test_a_sweep_whose_start_breaks_the_limit_reading_under_the_best_cannot_win_
 
 def test_the_point_between_is_skipped_where_the_broken_point_above_it_could_not_win() -> None:
     load = ReadingsLoad([
-        (300, 5), (600, 6), (1000, 9), (1020, 15),  # saturated at 8: 1020 infer/s is the best
+        (300, 5), (600, 6), (900, 9), (1020, 15), (1030, 19),  # saturated at 8: 1020 infer/s is the best
         (800, 12), (850, 25),  # from the fill level 8 up to 16, which breaks the limit reading under 0.9 x 1020
     ])
     tuner = sweep_two(load)

@@ -222,8 +222,13 @@ class _Sweep:
             self.measure(middle)
 
     def _standing(self) -> Measurement:
-        """The best feasible point; when none is, the one closest to feasibility (errors last, then by p95)."""
+        """The knee: the fewest requests in flight that read within ``SATURATION_GAIN`` of the best feasible point's
+        throughput, since more in flight past saturation buys only latency (and, where the client shares the
+        server's cores, costs throughput that this client does not see). When no point is feasible, the one closest
+        to feasibility (errors last, then by p95)."""
         feasible = [p for p in self.points if self.meter.feasible(p)]
         if feasible:
-            return max(feasible, key=lambda p: p.throughput)
+            best = max(p.throughput for p in feasible)
+            return min((p for p in feasible if p.throughput * (1 + SATURATION_GAIN) >= best),
+                       key=lambda p: p.concurrency)
         return min(self.points, key=lambda p: (p.errors > 0, p.cut_short, p.p95_ms))
