@@ -1,14 +1,15 @@
 """How long a 20-trial study takes, and how good its pick is: this checkout against an earlier main, live.
 
-    python benchmarks/study_speed.py [--models mlp wide_mlp gpu_like contended] [--max-p95 10ms] [--seeds 3]
-                                     [--old REF] [--old-seeds 1] [--rounds 2] [--fresh]
+    python benchmarks/study_speed.py [--models mlp wide_mlp gpu_like contended] [--max-p95 10] [--seeds 3]
+                                     [--old REF] [--old-seeds 1] [--ma-models mlp gpu_like] [--rounds 2] [--fresh]
 
 1. Studies. For each model, ``autotune optimize`` runs with its defaults (20 trials, the model's space from
    ``studies/`` or ``benchmarks/profiles/``) on an embedded server, once per seed from this checkout and from
    ``--old`` (a ``git worktree`` of that ref, the previous main by default), one after the other in this run. Its
    wall time is the whole command's, server start and re-measurement included. Each study's pick and wall time go
    into ``benchmarks/results/study_speed.json`` with the date and the commit, so that a rerun measures only what is
-   not there yet (``--fresh`` measures everything again).
+   not there yet (``--fresh`` measures everything again). Triton Model Analyzer 1.58 (``model_analyzer.py``) runs
+   its quick and its optuna mode (20 trials) on each of ``--ma-models``, within the same bounds and limit.
 2. The yardstick. Every pick of this run is measured again by perf_analyzer (2.51) on one embedded server,
    round-robin, ``--rounds`` times, at the concurrency the study chose to deploy. Beside them stand the
    ``--grid-top`` best configs of each model's newest exhaustive grid (``benchmarks/grid/``) under the limit, each
@@ -36,6 +37,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import model_analyzer
+import yaml
 from loadgen_vs_perf_analyzer import install_perf_analyzer
 from search_efficiency import Grid
 
@@ -54,7 +57,7 @@ PA_STABILITY = 25
 class Pick:
     """One study's outcome: who ran it, how long it took, and the config and concurrency it chose."""
 
-    code: str  # "new", "old", or "grid" (a reference from the exhaustive grid, no study)
+    code: str  # "new", "old", "maq"/"mao" (Model Analyzer's quick/optuna mode), or "grid" (from the exhaustive grid)
     commit: str
     model: str
     max_p95_ms: float
@@ -77,6 +80,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3, help="studies per model from this checkout")
     parser.add_argument("--old", default="bba9d2a", help="the earlier main to compare with (a git ref)")
     parser.add_argument("--old-seeds", type=int, default=1)
+    parser.add_argument("--ma-models", nargs="*", default=["mlp", "gpu_like"],
+                        help="models Model Analyzer tunes too, in its quick and optuna modes")
     parser.add_argument("--rounds", type=int, default=2, help="perf_analyzer re-measurements of each pick")
     parser.add_argument("--fresh", action="store_true", help="measure every study again, ignoring the cache")
     parser.add_argument("--grid-top", type=int, default=2, help="best grid configs re-measured beside the picks")
@@ -91,10 +96,14 @@ def main() -> int:
         for model in args.models:
             runs = [("new", new_commit, ROOT, seed) for seed in range(args.seeds)]
             runs += [("old", old_commit, old_tree, seed) for seed in range(args.old_seeds)]
+            if model in args.ma_models:
+                runs += [(code, f"ma-{mode}", None, 0) for code, mode in (("maq", "quick"), ("mao", "optuna"))]
             for code, commit, tree, seed in runs:
                 key = f"{commit}|{model}|{args.max_p95:g}|{seed}"
                 if key in cache:
                     pick = Pick(**cache[key])
+                elif tree is None:
+                    pick = _model_analyzer(code, commit, repository, model, args.max_p95, Path(tmp))
                 else:
                     pick = _study(code, commit, tree, repository, model, args.max_p95, seed, Path(tmp))
                     cache[key] = asdict(pick)
@@ -151,6 +160,16 @@ def _study(code: str, commit: str, tree: Path, repository: Path, model: str, lim
     return Pick(code, commit, model, limit_ms, seed, round(wall_s, 1), best.get("config"),
                 best.get("deploy_concurrency", best.get("concurrency")), best.get("throughput"),
                 datetime.date.today().isoformat())
+
+
+def _model_analyzer(code: str, commit: str, repository: Path, model: str, limit_ms: float, tmp: Path) -> Pick:
+    """Model Analyzer's search of ``model`` in the mode that ``commit`` names, with the bounds of autotune's space."""
+    binary, environment = install_perf_analyzer(None)
+    space = yaml.safe_load(_space(model).read_text())
+    outcome = model_analyzer.profile(commit.removeprefix("ma-"), model, repository, space, limit_ms, 20, binary,
+                                     environment, tmp)
+    return Pick(code, commit, model, limit_ms, 0, round(outcome.wall_s, 1), outcome.config, outcome.concurrency,
+                outcome.throughput, datetime.date.today().isoformat())
 
 
 def _grid_references(model: str, limit_ms: float, top: int) -> list[Pick]:
@@ -240,15 +259,17 @@ def _print(picks: list[Pick], scores: dict[str, tuple[float, int, int]], args: a
             score = f"{median / top:.2f}" if feasible else "over"
             print(f"{model:<10} {pick.code:<4} {pick.seed:>4} {pick.wall_s:>7.0f} {median:>10.0f} {ok:>2}/{n:<2} "
                   f"{score:>6}  {pick.config} at {pick.concurrency}")
-        walls = {code: [p.wall_s for p in mine if p.code == code] for code in ("new", "old")}
+        walls = {code: [p.wall_s for p in mine if p.code == code] for code in ("new", "old", "maq", "mao")}
         for code, times in walls.items():
             if times:
                 print(f"{model:<10} {code:<4} median wall {statistics.median(times):.0f} s over {len(times)}")
         news = [scores[p.key][0] / top if p.key in scores and 2 * scores[p.key][1] >= scores[p.key][2] else 0.0
                 for p in mine if p.code == "new"]
-        if walls["new"] and walls["old"]:
-            print(f"{model:<10} new/old wall {statistics.median(walls['new']) / statistics.median(walls['old']):.2f}, "
-                  f"new median score {statistics.median(news):.2f} (an over-the-limit pick scores 0)")
+        ratios = ", ".join(f"new/{code} wall {statistics.median(walls['new']) / statistics.median(walls[code]):.2f}"
+                           for code in ("old", "maq", "mao") if walls["new"] and walls[code])
+        if news:
+            print(f"{model:<10} {ratios}; new median score {statistics.median(news):.2f} (an over-the-limit pick "
+                  "scores 0)")
 
 
 if __name__ == "__main__":
