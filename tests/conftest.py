@@ -114,3 +114,11 @@ def postgres_url() -> str:
             pytest.fail("CI must provide AUTOTUNE_TEST_POSTGRES_URL (see .ci/run)")
         pytest.skip("set AUTOTUNE_TEST_POSTGRES_URL to run the PostgreSQL tests")
     return url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the model repository starts a real server, or runs on the session's: it is a ``server``
+    test, so that ``pytest -m "not server"`` runs the pure ones in seconds."""
+    for item in items:
+        if "repository" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)

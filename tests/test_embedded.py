@@ -6,6 +6,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from autotune.triton.embedded import EmbeddedServer
 from autotune.triton.server import ModelServer
 
@@ -75,6 +77,7 @@ class TritonPythonModel:
 '''
 
 
+@pytest.mark.server
 def test_a_model_that_completes_its_own_config_still_loads(tmp_path: Path) -> None:
     """The embedded server skips Triton's config auto-completion for speed, but not when a model relies on it."""
     repository = tmp_path / "model_repository"
