@@ -1,5 +1,7 @@
 """EmbeddedServer itself: the tritonserver autotune starts when no --url is given."""
 
+import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -89,3 +91,37 @@ def test_a_model_that_completes_its_own_config_still_loads(tmp_path: Path) -> No
         echo = ModelServer(server.url, "echo")
         assert [tensor.name for tensor in echo.running_config().input] == ["INPUT"]
         echo.close()
+
+
+def test_the_embedded_server_listens_on_loopback_only_with_http_and_metrics_off(triton: EmbeddedServer) -> None:
+    assert triton.pid is not None
+    assert _listening(triton.pid) == {("127.0.0.1", triton.grpc_port)}
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """The TCP addresses a process listens on, read from /proc: its sockets' inodes, looked up in the kernel's
+    tables of IPv4 and IPv6 sockets."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # LISTEN
+                address, port = local.split(":")
+                found.add((str(ipaddress.ip_address(bytes.fromhex(address)[::-1]) if len(address) == 8
+                               else _ipv6(address)), int(port, 16)))
+    return found
+
+
+def _ipv6(address: str) -> str:
+    """/proc/net/tcp6 prints an IPv6 address as four host-order 32-bit words; an IPv4-mapped one (gRPC listens on
+    ``::ffff:127.0.0.1`` for 127.0.0.1) reads as its IPv4 address."""
+    words = bytes.fromhex(address)
+    parsed = ipaddress.IPv6Address(b"".join(words[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return str(parsed.ipv4_mapped or parsed)
