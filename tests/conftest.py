@@ -8,8 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 
+from autotune.params import ServerParams
 from autotune.triton.embedded import EmbeddedServer
+from autotune.triton.model_config import from_json, params_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,6 +96,13 @@ def make_repository(path: Path) -> Path:
     return path
 
 
+def model_configs(repository: Path) -> dict[str, bytes]:
+    """Every model's ``config.pbtxt`` in a repository, as bytes: what autotune must never write unasked."""
+    found = {str(path.relative_to(repository)): path.read_bytes() for path in repository.glob("*/config.pbtxt")}
+    assert found, f"no model configs under {repository}"
+    return found
+
+
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_repository(tmp_path_factory.mktemp("repo") / "model_repository")
@@ -103,6 +113,30 @@ def triton(repository: Path) -> Iterator[EmbeddedServer]:
     """One real server for the session; every test leaves its models as it found them."""
     with EmbeddedServer(repository) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def models_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the session's server leaves its models as it found them: loaded or not, with the same settings,
+    so that no test passes only because another one ran first."""
+    if "triton" not in request.fixturenames:
+        yield
+        return
+    url = request.getfixturevalue("triton").url
+    before = loaded_models(url)
+    yield
+    assert loaded_models(url) == before, "the test left the session server's models changed"
+
+
+def loaded_models(url: str) -> dict[str, ServerParams]:
+    """The models a server has loaded, with their tuned settings."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+        return {entry["name"]: params_of(from_json(client.get_model_config(entry["name"], as_json=True)["config"]))
+                for entry in index if entry.get("state") == "READY"}
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

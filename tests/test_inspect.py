@@ -14,6 +14,7 @@ from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
+from conftest import model_configs
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from optuna_dashboard import wsgi
@@ -172,8 +173,10 @@ def test_best_prints_the_best_feasible_trial(finished: tuple[str, Path]) -> None
 
 def test_export_writes_the_best_config_over_the_models_own(finished: tuple[str, Path], repository: Path) -> None:
     storage, folder = finished
+    configs = model_configs(repository)
     result = autotune("export", "--storage", storage, "--output", "deploy/mlp/config.pbtxt", cwd=folder)
     assert result.returncode == 0, result.stderr
+    assert model_configs(repository) == configs, "only --output is written"
     study = optuna.load_study(study_name=STUDY, storage=storage)
     exported = read_pbtxt(folder / "deploy" / "mlp" / "config.pbtxt")
     assert params_of(exported) == params_of(apply(exported, trial_params(best_trial(study))))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import model_configs
 from test_cli_errors import autotune_error
 
 from autotune.triton.embedded import EmbeddedServer
@@ -46,6 +47,7 @@ def test_prints_one_perf_analyzer_line_per_concurrency(triton: EmbeddedServer, t
 def test_overrides_are_measured_and_the_model_is_put_back(triton: EmbeddedServer, tmp_path: Path) -> None:
     holder = ModelServer(triton.url, "mlp")  # loaded, as a production model would be
     before = holder.running_config()
+    configs = model_configs(triton.model_repository)
     result = measure("--url", triton.url, "--model", "mlp", "--concurrency", "8", "--json",
                      "--set", "dynamic_batching.max_queue_delay_microseconds=2000",
                      "--set", "instance_group.count=2", cwd=tmp_path)
@@ -60,6 +62,7 @@ def test_overrides_are_measured_and_the_model_is_put_back(triton: EmbeddedServer
     assert point["server_avg_batch_size"] > 1
     assert point["server_queue_ms"] > 0
     assert params_of(holder.running_config()) == params_of(before)
+    assert model_configs(triton.model_repository) == configs, "and its config.pbtxt is never written"
     holder.restore()
     holder.close()
 

@@ -1,6 +1,7 @@
 """ModelServer against a real embedded Triton server."""
 
 import pytest
+from conftest import loaded_models
 
 from autotune.errors import AutotuneError
 from autotune.params import ServerParams
@@ -57,7 +58,7 @@ def test_a_model_not_loaded_before_is_unloaded_again(triton: EmbeddedServer) -> 
     assert not server.was_loaded
     server.restore()
     server.close()
-    assert not ModelServer(triton.url, "wide_mlp").was_loaded
+    assert "wide_mlp" not in loaded_models(triton.url)
 
 
 def test_unknown_models_are_named_with_the_ones_that_exist(triton: EmbeddedServer) -> None:
