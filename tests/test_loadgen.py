@@ -69,7 +69,10 @@ def test_stop_early_sees_each_window_and_cuts_the_point_short(triton: EmbeddedSe
         seen.append(window)
         return True
 
+    server = ModelServer(triton.url, "mlp")
     measurement = LoadGenerator(triton.url, "mlp", QUICK).measure(concurrency=2, stop_early=hopeless)
+    server.restore()
+    server.close()
     assert measurement.cut_short
     assert measurement.windows == 1
     assert len(seen) == 1
