@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,6 +95,13 @@ def make_repository(path: Path) -> Path:
         (path / name / "config.pbtxt").write_text(SMALL_CONFIG.format(name=name, dims=dims))
         (path / name / "1" / "model.py").write_text(code)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def model_configs(repository: Path) -> dict[str, bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
-from conftest import model_configs
+from conftest import free_port, model_configs
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from optuna_dashboard import wsgi
@@ -52,12 +51,6 @@ def finished(triton: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -
     return storage, folder
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get_json(url: str, timeout_s: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -74,7 +67,7 @@ def test_the_dashboard_shows_the_study_its_metrics_feasibility_and_the_best_conf
     finished: tuple[str, Path],
 ) -> None:
     storage, folder = finished
-    port = _free_port()
+    port = free_port()
     dashboard = subprocess.Popen([sys.executable, "-m", "autotune", "dashboard", "--storage", storage,
                                   "--port", str(port)], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)
@@ -130,7 +123,7 @@ def test_the_dashboards_best_trial_holds_the_limit_even_when_a_faster_one_broke_
 
 def test_the_dashboard_listens_on_loopback_and_says_where(finished: tuple[str, Path]) -> None:
     storage, folder = finished
-    port = _free_port()
+    port = free_port()
     dashboard = subprocess.Popen([sys.executable, "-m", "autotune", "dashboard", "--storage", storage,
                                   "--port", str(port)], cwd=folder, stdout=subprocess.PIPE, text=True)
     try:

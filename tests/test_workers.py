@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import free_port
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
@@ -112,7 +112,7 @@ def test_storage_passwords_never_show(postgres_url: str, triton, tmp_path: Path)
     assert result.returncode == 0, result.stderr
     shown = [result, run("best"), run("report", "--output", "report")]
     assert all(done.returncode == 0 for done in shown), [done.stderr for done in shown]
-    port = _free_port()
+    port = free_port()
     dashboard = subprocess.Popen([sys.executable, "-m", "autotune", "dashboard", "--storage", postgres_url,
                                   "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:
@@ -128,12 +128,6 @@ def test_storage_passwords_never_show(postgres_url: str, triton, tmp_path: Path)
     texts = [text for done in shown for text in (done.stdout, done.stderr)] + [dashboard_line, recorded, page]
     assert not [text for text in texts if password in text]
     assert ":***@" in result.stderr and ":***@" in shown[1].stdout and ":***@" in dashboard_line
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_gpus_runs_one_worker_per_gpu_on_one_study(repository: Path, tmp_path: Path) -> None:

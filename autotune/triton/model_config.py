@@ -37,8 +37,8 @@ def completes_itself(model_dir: Path) -> bool:
     auto-complete starts, 1.2 s of every 1.4 s on this machine.
     """
     try:
-        config = text_format.Parse((model_dir / "config.pbtxt").read_text(), ModelConfig())
-    except (OSError, UnicodeDecodeError, text_format.ParseError):
+        config = read_pbtxt(model_dir / "config.pbtxt")
+    except (OSError, UnicodeDecodeError, AutotuneError):
         return True
     if not (config.backend or config.platform) or not config.input or not config.output:
         return True
