@@ -8,7 +8,8 @@
    ``--old`` (a ``git worktree`` of that ref, the previous main by default), one after the other in this run. Its
    wall time is the whole command's, server start and re-measurement included. Each study's pick and wall time go
    into ``benchmarks/results/study_speed.json`` with the date and the commit, so that a rerun measures only what is
-   not there yet (``--fresh`` measures everything again). Triton Model Analyzer 1.58 (``model_analyzer.py``) runs
+   not there yet (``--fresh`` measures everything again); its database stays in ``benchmarks/results/studies/``
+   (not committed) for ``autotune inspect`` and the dashboard. Triton Model Analyzer 1.58 (``model_analyzer.py``) runs
    its quick and its optuna mode (20 trials) on each of ``--ma-models``, within the same bounds and limit.
 2. The yardstick. Every pick of this run is measured again by perf_analyzer (2.51) on one embedded server,
    round-robin, ``--rounds`` times, at the concurrency the study chose to deploy. Beside them stand the
@@ -47,6 +48,7 @@ from autotune import EmbeddedServer, ModelServer, ServerParams, apply
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "benchmarks" / "profiles"
 RESULTS = ROOT / "benchmarks" / "results" / "study_speed.json"
+STUDIES = ROOT / "benchmarks" / "results" / "studies"
 PA_WINDOW_MS = 2000
 # perf_analyzer's stability rule (its last three windows within this many percent of their mean): at its default
 # 10 it found no stable figure within 16 windows for a fifth of the picks on this machine, and a yardstick must read.
@@ -147,7 +149,9 @@ def _space(model: str) -> Path:
 def _study(code: str, commit: str, tree: Path, repository: Path, model: str, limit_ms: float, seed: int,
            tmp: Path) -> Pick:
     """One default study of ``model``, run by the autotune of ``tree``, timed from start to end."""
-    storage = tmp / f"{code}-{model}-{seed}.db"
+    storage = STUDIES / f"{commit}-{model}-{limit_ms:g}ms-{seed}.db"
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    storage.unlink(missing_ok=True)
     command = [sys.executable, "-m", "autotune", "optimize", "--model", model, "--model-repository", str(repository),
                "--space", str(_space(model)), "--max-p95", f"{limit_ms:g}ms", "--seed", str(seed),
                "--storage", f"sqlite:///{storage}", "--output", str(tmp / "config.pbtxt"), "--json"]
