@@ -29,7 +29,10 @@ dynamic_batching { max_queue_delay_microseconds: 100 }
 
 
 def test_shipped_configs_round_trip_through_text_and_json(tmp_path: Path) -> None:
-    for path in (ROOT / "model_repository").glob("*/config.pbtxt"):
+    paths = sorted([*(ROOT / "model_repository").glob("*/config.pbtxt"),
+                    *(ROOT / "benchmarks" / "profiles").glob("*/config.pbtxt")])
+    assert {path.parent.name for path in paths} == {"mlp", "wide_mlp", "gpu_like", "contended"}
+    for path in paths:
         config = read_pbtxt(path)
         copy = tmp_path / "config.pbtxt"
         copy.write_text(to_pbtxt(config))

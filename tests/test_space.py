@@ -115,10 +115,14 @@ def test_zero_delay_is_part_of_the_delay_scale() -> None:
 
 
 def test_shipped_spaces_load() -> None:
-    for path in (ROOT / "studies").glob("*.yaml"):
+    shipped = sorted((ROOT / "studies").glob("*.yaml"))
+    profiles = sorted((ROOT / "benchmarks" / "profiles").glob("*.yaml"))
+    assert [path.stem for path in shipped + profiles] == ["mlp", "wide_mlp", "contended", "gpu_like"]
+    for path in shipped + profiles:
         space = SearchSpace.from_yaml(path)
         assert space.model == path.stem
-        assert (ROOT / "model_repository" / space.model / "config.pbtxt").exists()
+        models = ROOT / "model_repository" if path in shipped else path.parent  # a profile's model sits beside it
+        assert (models / space.model / "config.pbtxt").exists()
 
 
 def test_missing_keys_keep_the_defaults(tmp_path: Path) -> None:
