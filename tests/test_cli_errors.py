@@ -9,6 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autotune.cli.servers import MAX_RESTARTS, restarting_crashed_servers
+from autotune.errors import AutotuneError
+from autotune.triton.embedded import EmbeddedServerCrashed
+
 
 def autotune_error(*args: str, cwd: Path) -> str:
     result = subprocess.run([sys.executable, "-m", "autotune", *args], cwd=cwd, capture_output=True, text=True,
@@ -56,6 +60,19 @@ def test_a_storage_url_that_cannot_be_opened(triton, tmp_path: Path) -> None:
     assert "secret" not in message
 
 
+def test_a_full_disk_is_one_line(triton, tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small file system here")
+    try:
+        message = autotune_error("optimize", "--max-p95", "10ms", "--url", triton.url,
+                                 "--storage", f"sqlite:///{disk}/studies.db", cwd=tmp_path)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    assert f"cannot open storage sqlite:///{disk}/studies.db: database or disk is full" in message
+
+
 def test_a_storage_whose_driver_is_missing_names_what_to_install(tmp_path: Path) -> None:
     message = autotune_error("best", "--storage", "mysql://tuner:secret@127.0.0.1/studies", cwd=tmp_path)
     assert message == ("autotune: error: cannot open storage mysql://tuner:***@127.0.0.1/studies: "
@@ -72,3 +89,28 @@ def test_resuming_a_study_with_another_limit(triton, tmp_path: Path) -> None:
 
 def test_a_timeout_without_a_unit(tmp_path: Path) -> None:
     assert "--timeout" in autotune_error("optimize", "--max-p95", "10ms", "--timeout", "10", cwd=tmp_path)
+
+
+def test_the_embedded_server_is_restarted_after_three_crashes_and_not_after_a_fourth(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    attempts: list[int] = []
+
+    def crashing() -> str:
+        attempts.append(len(attempts))
+        raise EmbeddedServerCrashed("the embedded Triton server exited with signal 11")
+
+    with pytest.raises(AutotuneError, match="crash number 4 in this run, so autotune gives up: rerun to resume"):
+        restarting_crashed_servers(crashing)
+    assert len(attempts) == MAX_RESTARTS + 1 == 4
+    assert capsys.readouterr().err.count("starting a new one and resuming the study") == 3
+
+    outcomes = iter([EmbeddedServerCrashed("signal 6"), "the study"])
+
+    def crashing_once() -> str:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert restarting_crashed_servers(crashing_once) == "the study"

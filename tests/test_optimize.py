@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import time
 import urllib.request
 import uuid
 import wsgiref.simple_server
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -225,6 +227,78 @@ def test_a_signal_records_the_trial_as_failed_restores_the_model_and_a_rerun_fin
     holder.close()
 
 
+def test_a_hung_server_is_one_line_within_a_minute_and_its_trial_is_left_for_a_rerun(
+    repository: Path, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    with EmbeddedServer(repository) as hung:
+        holder = ModelServer(hung.url, "mlp")
+        before = holder.running_config()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "5", "--url", hung.url,
+             "--storage", storage, "--space", str(small_space(tmp_path)), *QUICK],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while holder.running_config() == before:  # hung in a trial of its own settings
+            assert process.poll() is None and time.monotonic() < deadline, "no trial reloaded the model"
+            time.sleep(0.02)
+        holder.close()
+        assert hung.pid is not None
+        os.kill(hung.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            os.kill(hung.pid, signal.SIGCONT)
+        waited = time.monotonic() - stopped
+    assert process.returncode == 2, stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"autotune: error: the Triton server at {hung.url} stopped "
+                                                      "answering")
+    assert "Traceback" not in stderr
+    assert waited < 60, "nothing waits for the server for ever, nor for a model load's timeout"
+    (left,) = [t for t in load(storage, "mlp-p95-50ms").trials if t.state == TrialState.FAIL]
+    assert "fail_reason" not in left.user_attrs, "it does not count toward --trials: a rerun measures it again"
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``path`` cannot be written while this lasts, not even by root (``chattr +i``), even through open files."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("this file system cannot make a file immutable (chattr +i)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_storage_that_cannot_be_written_mid_study_is_one_line_restores_the_model_and_a_rerun_finishes(
+    triton: EmbeddedServer, tmp_path: Path
+) -> None:
+    holder = ModelServer(triton.url, "mlp")
+    before = holder.running_config()
+    database = tmp_path / "studies.db"
+    storage = f"sqlite:///{database}"
+    args = [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "3", "--url", triton.url,
+            "--storage", storage, "--space", str(small_space(tmp_path)), *QUICK]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while holder.running_config() == before:  # a trial has loaded settings of its own: there is something to restore
+        assert process.poll() is None and time.monotonic() < deadline, "no trial reloaded the model"
+        time.sleep(0.02)
+    with immutable(database):
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 2, stderr
+        assert "Traceback" not in stderr and "Exception in thread" not in stderr, stderr
+        assert stderr.strip().splitlines()[-1].startswith(f"autotune: error: storage {storage} failed: ")
+        assert "rerun to resume" in stderr
+        assert holder.running_config() == before, "the model is put back, whatever the storage does"
+    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert counted(load(storage, "mlp-p95-50ms").trials) == 3
+    assert holder.running_config() == before
+    holder.close()
+
+
 def test_a_server_lost_mid_study_is_one_line_and_its_trial_is_left_for_a_rerun(
     repository: Path, tmp_path: Path
 ) -> None:
@@ -271,6 +345,37 @@ def test_a_crashed_embedded_server_is_replaced_and_the_study_goes_on(repository:
     (lost,) = [t for t in trials if t.state == TrialState.FAIL]
     assert "fail_reason" not in lost.user_attrs, "the trial the crash took down does not count"
     shutil.rmtree(log.parent)
+
+
+def test_ctrl_c_with_the_embedded_server_records_the_trial_and_stops_the_server_with_its_model_processes(
+    repository: Path, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "3",
+         "--model-repository", str(repository), "--storage", storage, "--space", str(small_space(tmp_path)), *QUICK],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    started = ""
+    while process.stderr and not started.startswith("Tuning mlp") and (line := process.stderr.readline()):
+        started = line
+    holder = ModelServer(re.search(r"Tuning mlp on (\S+):", started).group(1), "mlp")
+    before = holder.running_config()
+    deadline = time.monotonic() + 120
+    while holder.running_config() == before:  # interrupted in a trial with settings of its own
+        assert process.poll() is None and time.monotonic() < deadline, "no trial reloaded the model"
+        time.sleep(0.02)
+    holder.close()
+    family = _descendants(process.pid)
+    assert {"tritonserver", "triton_python_b"} <= set(family.values()), family
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("autotune: error: interrupted")
+    assert "Traceback" not in stderr
+    assert not [family[pid] for pid in family if _alive(pid)], "the server and its model processes stop with it"
+    (interrupted,) = [t for t in load(storage, "mlp-p95-50ms").trials if t.state == TrialState.FAIL]
+    assert interrupted.params, "the trial that was running, with its settings, is recorded"
 
 
 def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune_and_the_next_clears_up(

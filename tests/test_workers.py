@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from autotune.records import counted, counts_toward_total
 from autotune.study.storage import GRACE_PERIOD_S, open_storage
+from autotune.triton.server import ModelServer
 
 QUICK = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3", "--confirm-rounds", "0"]
 
@@ -99,6 +101,47 @@ def test_a_killed_workers_trial_fails_and_its_parameters_are_retried(
     assert counted(trials) == 6
 
 
+def restart_postgres(url: str) -> None:
+    """Restart the local PostgreSQL cluster behind ``url``, as an operator's restart would: every connection cut."""
+    port = str(make_url(url).port or 5432)
+    listed = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout if shutil.which(
+        "pg_lsclusters") else ""
+    clusters = [line.split()[:2] for line in listed.splitlines() if line.split()[2:3] == [port]]
+    if not clusters:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI's PostgreSQL on port {port} should be a local cluster (see .ci/run)")
+        pytest.skip(f"no local PostgreSQL cluster on port {port} to restart")
+    subprocess.run(["pg_ctlcluster", *clusters[0], "restart", "-m", "fast"], check=True, capture_output=True)
+
+
+def test_a_worker_outlives_a_restart_of_its_postgresql_server(postgres_url: str, triton, tmp_path: Path) -> None:
+    holder = ModelServer(triton.url, "mlp")
+    before = holder.running_config()
+    study_name = f"restarted-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "space.yaml").write_text("concurrency: {low: 1, high: 8}\ninstance_count: {low: 1, high: 2}\n")
+    # One-second windows: the restart falls within a trial's measurement, between its writes.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autotune", "optimize", "--max-p95", "100ms", "--trials", "3", "--url", triton.url,
+         "--storage", postgres_url, "--study", study_name, "--space", "space.yaml", "--window", "1s", "--warmup",
+         "0.5s", "--max-windows", "3", "--confirm-rounds", "0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while holder.running_config() == before:  # a trial of its own settings is loaded ...
+        assert process.poll() is None and time.monotonic() < deadline, "no trial reloaded the model"
+        time.sleep(0.02)
+    served = holder.statistics()["success_count"]
+    while holder.statistics()["success_count"] == served:  # ... and measured
+        assert process.poll() is None and time.monotonic() < deadline, "the trial sent no load"
+        time.sleep(0.01)
+    restart_postgres(postgres_url)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    trials = load(postgres_url, study_name).trials
+    assert counted(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert holder.running_config() == before
+    holder.close()
+
+
 def test_storage_passwords_never_show(postgres_url: str, triton, tmp_path: Path) -> None:
     password = make_url(postgres_url).password
     assert password, "the test database URL should carry a password"
@@ -145,6 +188,39 @@ def test_gpus_runs_one_worker_per_gpu_on_one_study(repository: Path, tmp_path: P
     assert {t.user_attrs["gpu"] for t in trials if counts_toward_total(t)} == {"0", "1"}
     assert result.stdout.startswith("Study gpus: ")
     assert "Best config written to" in result.stdout
+
+
+def running_with(text: str) -> list[int]:
+    """The processes whose command line holds ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def test_gpus_passes_sigterm_on_to_its_workers_and_exits_with_their_code(repository: Path, tmp_path: Path) -> None:
+    log = tmp_path / "studies.log"
+    (tmp_path / "space.yaml").write_text("concurrency: {low: 1, high: 8}\ninstance_count: {low: 1, high: 2}\n")
+    parent = subprocess.Popen([sys.executable, "-m", "autotune", "optimize", "--gpus", "0,1", "--max-p95", "100ms",
+                               "--trials", "20", "--model-repository", str(repository), "--storage", f"journal:{log}",
+                               "--study", "gpus", "--space", "space.yaml", *QUICK],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not log.exists() or {t.user_attrs.get("gpu") for t in load(f"journal:{log}", "gpus").trials} < {"0", "1"}:
+        assert parent.poll() is None and time.monotonic() < deadline, "both workers should have started a trial"
+        time.sleep(0.2)
+    parent.send_signal(signal.SIGTERM)
+    _, stderr = parent.communicate(timeout=120)
+    assert parent.returncode == 143, stderr
+    assert stderr.count("autotune: error: terminated") == 2, "each worker records its trial and says so"
+    assert "Traceback" not in stderr
+    assert running_with(str(log)) == [], "no worker outlives the command"
+    trials = load(f"journal:{log}", "gpus").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
 def test_a_worker_on_other_hardware_is_warned(triton, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError
 from autotune.triton.embedded import EmbeddedServer, EmbeddedServerCrashed
-from autotune.triton.server import repository_models
+from autotune.triton.server import QUERY_TIMEOUT_S, repository_models
 
 DEMO_MODEL = "mlp"
 # Fresh embedded servers one optimize run may start after crashes, before it gives up with the crash's error.
@@ -44,6 +44,9 @@ def _lost_server(url: str, embedded: EmbeddedServer | None) -> Iterator[None]:
         if crash is not None:
             raise crash from None
         log = f" (server log {embedded.log_path}: {embedded.log_tail()})" if embedded is not None else ""
+        if error.status() == "StatusCode.DEADLINE_EXCEEDED":
+            raise AutotuneError(f"the Triton server at {url} stopped answering (a query waited {QUERY_TIMEOUT_S:g} s "
+                                f"and more); the running trial is left for a rerun{log}") from None
         raise AutotuneError(f"lost the Triton server at {url}: {error.message()}{log}") from None
 
 

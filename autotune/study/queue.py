@@ -105,7 +105,10 @@ class TrialQueue:
 
         def beat() -> None:
             while not stop.is_set():
-                self.storage.record_heartbeat(trial_id)
+                # A storage that fails (gone, read-only, full) is reported by the trial's own next write; a beat
+                # that fails once is tried again at the next, as a database that comes back takes them again.
+                with contextlib.suppress(Exception):
+                    self.storage.record_heartbeat(trial_id)
                 stop.wait(self._heartbeat_s)
 
         thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)

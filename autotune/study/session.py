@@ -22,7 +22,7 @@ from autotune.report.summary import study_note
 from autotune.search import ConcurrencySearch, SamplerName, SearchSpace, Strategy, strategy_for
 from autotune.study.objective import Objective
 from autotune.study.open import hardware_differences, open_study
-from autotune.study.storage import mask_password, open_storage
+from autotune.study.storage import failures_reported, mask_password, open_storage
 from autotune.study.tuner import Tuner
 from autotune.triton.model_config import to_pbtxt
 from autotune.triton.server import ModelServer
@@ -65,34 +65,35 @@ def tune(server: ModelServer, load: LoadGenerator, space: SearchSpace, *, study_
     worker = {"worker_host": socket.gethostname(), "server_url": server.url,
               "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "none")}
     limit_ms = settings.max_p95_ms
-    try:
-        attrs = {**settings.as_attrs(), "space": space.source, BASE_CONFIG_KEY: to_pbtxt(server.original),
-                 **server.server_info(), **(hardware or {})}
-        opened = open_storage(storage, create=True)
-        study = open_study(study_name, opened, search.seed, attrs, sampler=search.sampler)
-        differences = hardware_differences(study, attrs)
-        if differences:
-            print(f"autotune: warning: this worker's server differs from the study's: {'; '.join(differences)}. "
-                  "Its trials record worker_host and server_url, so they can be told apart.", file=sys.stderr)
-        meter = Meter(load, limit_ms, load.settings.warmup_s, space.concurrency_levels())
-        objective = Objective(server, meter, space, search.concurrency == "sample", worker)
-        strategy = search.strategy or strategy_for(search.sampler)
-        tuner = Tuner(study, opened, objective, strategy, np.random.default_rng(search.seed))
-        console = Console(stderr=True, soft_wrap=True, quiet=quiet)
-        console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit {limit_ms:g} ms, "
-                      f"study {study_name} in {mask_password(storage)}", markup=False, highlight=False)
+    with failures_reported(storage):
         try:
-            with TrialProgress(study, budget.trials, limit_ms, console, strategy) as progress:
-                early_stop = tuner.optimize(budget.trials, [progress], budget.timeout_s, budget.patience)
-            if early_stop is not None:
-                console.print(early_stop, markup=False, highlight=False)
-            if confirm_rounds:
-                console.print(f"Re-measuring the top {CONFIRM_TOP} feasible configs, {confirm_rounds} rounds ...",
-                              markup=False, highlight=False)
-                tuner.confirm(confirm_rounds)
+            attrs = {**settings.as_attrs(), "space": space.source, BASE_CONFIG_KEY: to_pbtxt(server.original),
+                     **server.server_info(), **(hardware or {})}
+            opened = open_storage(storage, create=True)
+            study = open_study(study_name, opened, search.seed, attrs, sampler=search.sampler)
+            differences = hardware_differences(study, attrs)
+            if differences:
+                print(f"autotune: warning: this worker's server differs from the study's: {'; '.join(differences)}. "
+                      "Its trials record worker_host and server_url, so they can be told apart.", file=sys.stderr)
+            meter = Meter(load, limit_ms, load.settings.warmup_s, space.concurrency_levels())
+            objective = Objective(server, meter, space, search.concurrency == "sample", worker)
+            strategy = search.strategy or strategy_for(search.sampler)
+            tuner = Tuner(study, opened, objective, strategy, np.random.default_rng(search.seed))
+            console = Console(stderr=True, soft_wrap=True, quiet=quiet)
+            console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit {limit_ms:g} ms, "
+                          f"study {study_name} in {mask_password(storage)}", markup=False, highlight=False)
+            try:
+                with TrialProgress(study, budget.trials, limit_ms, console, strategy) as progress:
+                    early_stop = tuner.optimize(budget.trials, [progress], budget.timeout_s, budget.patience)
+                if early_stop is not None:
+                    console.print(early_stop, markup=False, highlight=False)
+                if confirm_rounds:
+                    console.print(f"Re-measuring the top {CONFIRM_TOP} feasible configs, {confirm_rounds} rounds ...",
+                                  markup=False, highlight=False)
+                    tuner.confirm(confirm_rounds)
+            finally:
+                save_note(study, study_note(study))
         finally:
-            save_note(study, study_note(study))
-    finally:
-        server.restore()
-        server.close()
+            server.restore()
+            server.close()
     return study

@@ -16,6 +16,10 @@ from autotune.errors import AutotuneError, TrialFailed
 from autotune.triton import model_config
 from autotune.triton.model_config import ModelConfig
 
+# A query (liveness, config, statistics) that a server does not answer within this long finds it hung: a stopped
+# process answers nothing, and without a deadline autotune would wait for ever.
+QUERY_TIMEOUT_S = 10.0
+
 
 class ConfigRejected(TrialFailed):
     """Triton refused to load a configuration; the model may stay unavailable until the next load."""
@@ -25,7 +29,8 @@ def repository_models(url: str) -> list[str]:
     """Names of the models in the repository of the server at ``url``."""
     client = grpcclient.InferenceServerClient(url)
     try:
-        return sorted(entry["name"] for entry in client.get_model_repository_index(as_json=True).get("models", []))
+        index = client.get_model_repository_index(as_json=True, client_timeout=QUERY_TIMEOUT_S)
+        return sorted(entry["name"] for entry in index.get("models", []))
     except InferenceServerException as error:
         raise AutotuneError(f"cannot reach a Triton server at {url}: {_reason(error)}") from None
     finally:
@@ -45,12 +50,12 @@ class ModelServer:
         self.load_timeout_s = load_timeout_s
         self._client = grpcclient.InferenceServerClient(url)
         try:
-            live = self._client.is_server_live(client_timeout=10)
+            live = self._client.is_server_live(client_timeout=QUERY_TIMEOUT_S)
         except InferenceServerException as error:
             raise AutotuneError(f"cannot reach a Triton server at {url}: {_reason(error)}") from None
         if not live:
             raise AutotuneError(f"the Triton server at {url} is not live")
-        self.was_loaded = self._client.is_model_ready(model)
+        self.was_loaded = self._client.is_model_ready(model, client_timeout=QUERY_TIMEOUT_S)
         if not self.was_loaded:
             names = repository_models(url)
             if model not in names:
@@ -63,13 +68,14 @@ class ModelServer:
 
     def server_info(self) -> dict[str, str]:
         """What the study records about the server: version, address, and where the model's instances run."""
-        metadata = self._client.get_server_metadata(as_json=True)
+        metadata = self._client.get_server_metadata(as_json=True, client_timeout=QUERY_TIMEOUT_S)
         kinds = sorted({ModelInstanceGroup.Kind.Name(group.kind) for group in self.original.instance_group})
         return {"server_version": metadata.get("version", ""), "server_url": self.url,
                 "instance_kind": ",".join(kinds) or "KIND_AUTO"}
 
     def running_config(self) -> ModelConfig:
-        return model_config.from_json(self._client.get_model_config(self.model, as_json=True)["config"])
+        reply = self._client.get_model_config(self.model, as_json=True, client_timeout=QUERY_TIMEOUT_S)
+        return model_config.from_json(reply["config"])
 
     def apply(self, config: ModelConfig) -> bool:
         """Load ``config`` in place and check that the server now runs it; says whether it had to reload, since an
@@ -87,12 +93,14 @@ class ModelServer:
     def restore(self) -> None:
         """Put the model back as it was: its repository config reloaded, or unloaded if it was not loaded.
 
-        A model that autotune found loaded and never reconfigured is left alone.
+        A model that autotune found loaded and never reconfigured is left alone. A server that no longer answers
+        is found so within ``QUERY_TIMEOUT_S`` instead of a load's timeout.
         """
         if self.was_loaded and self._current is self.original:
             return
+        self._client.is_server_live(client_timeout=QUERY_TIMEOUT_S)
         if not self.was_loaded:
-            self._client.unload_model(self.model)
+            self._client.unload_model(self.model, client_timeout=self.load_timeout_s)
             return
         self._load(None)
         if _checked(self.running_config()) != _checked(self.original):
@@ -101,7 +109,8 @@ class ModelServer:
 
     def statistics(self) -> dict[str, float]:
         """Cumulative server-side counters: requests, executed batches, queue and compute time (ns)."""
-        stats = self._client.get_inference_statistics(self.model, as_json=True)["model_stats"]
+        stats = self._client.get_inference_statistics(self.model, as_json=True,
+                                                       client_timeout=QUERY_TIMEOUT_S)["model_stats"]
         totals = {"success_count": 0.0, "execution_count": 0.0, "queue_ns": 0.0, "compute_input_ns": 0.0,
                   "compute_infer_ns": 0.0, "compute_output_ns": 0.0}
         for version in stats:
