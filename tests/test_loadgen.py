@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from dataclasses import replace
@@ -10,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autotune.load.loop import REQUESTS_PER_CONNECTION, WARMUP_SLICE_S, LoadGenerator, LoadSettings, _warm_up
+from autotune.load.cpu import ClientCost, CpuTimes
+from autotune.load.loop import (
+    REQUESTS_PER_CONNECTION,
+    WARMUP_SLICE_S,
+    LoadGenerator,
+    LoadSettings,
+    _Part,
+    _warm_up,
+)
 from autotune.load.windows import MIN_WINDOWS, Measurement
 from autotune.triton.embedded import EmbeddedServer
 from autotune.triton.server import ModelServer
@@ -51,7 +60,9 @@ def test_failed_requests_are_counted_with_the_servers_message(triton: EmbeddedSe
 def test_several_client_processes_share_the_load_and_every_reply_is_counted(triton: EmbeddedServer) -> None:
     server = ModelServer(triton.url, "mlp")
     before = server.statistics()
+    times = os.times()
     measurement = LoadGenerator(triton.url, "mlp", replace(QUICK, processes=2)).measure(concurrency=5)
+    children = cpu_seconds(os.times(), children=True) - cpu_seconds(times, children=True)
     served = server.statistics()["success_count"] - before["success_count"]
     server.restore()
     server.close()
@@ -60,6 +71,9 @@ def test_several_client_processes_share_the_load_and_every_reply_is_counted(trit
     assert measurement.requests > 10
     assert served > measurement.requests
     assert 0 < measurement.p50_ms <= measurement.p95_ms <= measurement.p99_ms
+    # The client's CPU is the processes' that sent the requests, all of it spent within this call.
+    cost = measurement.client_cost
+    assert 0 < (cost.user_us + cost.system_us) * measurement.requests / 1e6 <= children
 
 
 def test_stop_early_sees_each_window_and_cuts_the_point_short(triton: EmbeddedServer) -> None:
@@ -142,14 +156,43 @@ def test_requests_in_flight_share_a_connection_six_at_most_as_perf_analyzers_do(
 
 
 def test_a_warm_up_ends_at_the_first_slice_whose_latency_no_longer_falls_by_a_fifth() -> None:
-    medians_ms = iter([40.0, 12.0, 9.5, 9.4, 9.4])  # a reload's first slow replies, then settling
+    # Nothing as the load starts, then a reload's first slow replies, then settling.
+    medians_ms = iter([math.nan, 40.0, 12.0, 9.5, 9.4, 9.4])
 
-    def collect(until: float) -> list[tuple[np.ndarray, int, str]]:
-        return [(np.full(10, next(medians_ms) / 1e3), 0, "")]
+    def collect(until: float) -> list[_Part]:
+        median = next(medians_ms)
+        return [_Part(np.empty(0) if math.isnan(median) else np.full(10, median / 1e3), 0, "", CpuTimes.now())]
 
     started = time.perf_counter()
     ended = asyncio.run(_warm_up(collect, started, longest_s=1.0))
-    assert ended - started == pytest.approx(4 * WARMUP_SLICE_S), "9.4 ms is within a fifth of 9.5 ms"
+    assert ended.at - started == pytest.approx(4 * WARMUP_SLICE_S), "9.4 ms is within a fifth of 9.5 ms"
     started = time.perf_counter()
-    ended = asyncio.run(_warm_up(lambda until: [(np.empty(0), 0, "")], started, longest_s=0.25))
-    assert ended - started == pytest.approx(0.25), "without a reply the warm-up runs to its longest"
+    ended = asyncio.run(_warm_up(lambda until: [_Part(np.empty(0), 0, "", CpuTimes.now())], started, longest_s=0.25))
+    assert ended.at - started == pytest.approx(0.25), "without a reply the warm-up runs to its longest"
+
+
+def cpu_seconds(times: os.times_result, children: bool = False) -> float:
+    return times.children_user + times.children_system if children else times.user + times.system
+
+
+def test_a_measurement_says_how_much_cpu_its_client_used_per_request(triton: EmbeddedServer) -> None:
+    server = ModelServer(triton.url, "mlp")
+    before = os.times()
+    measurement = LoadGenerator(triton.url, "mlp", QUICK).measure(concurrency=4)
+    used = cpu_seconds(os.times()) - cpu_seconds(before)
+    server.restore()
+    server.close()
+    cost = measurement.client_cost
+    assert cost.user_us > 0 and cost.system_us >= 0
+    # What the windows used is part of what this process used for the whole point, set-up and warm-up included.
+    assert (cost.user_us + cost.system_us) * measurement.requests / 1e6 <= used
+    assert 0 < cost.core_share <= used / (measurement.windows * QUICK.window_s)
+
+
+def test_client_processes_say_how_much_cpu_they_used() -> None:
+    start = [CpuTimes(1.0, 0.5), CpuTimes(2.0, 0.0)]
+    end = [CpuTimes(1.6, 0.6), CpuTimes(2.2, 0.1)]  # 0.7 s and 0.3 s of CPU over 1 s, for 1000 requests
+    cost = ClientCost.between(start, end, requests=1000, seconds=1.0)
+    assert (cost.user_us, cost.system_us) == (pytest.approx(800.0), pytest.approx(200.0))
+    assert cost.core_share == pytest.approx(0.7), "the busiest process's share of a core"
+    assert not cost.saturated and ClientCost.between(start, end, 1000, seconds=0.8).saturated

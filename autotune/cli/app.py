@@ -198,6 +198,8 @@ def measure(
                     points.append((measured, server_times(before, server.statistics())))
                     if not json_output:
                         typer.echo(_perf_line(measured))
+                    if measured.client_cost.saturated and all(not m.client_cost.saturated for m, _ in points[:-1]):
+                        typer.echo(measured.client_cost.advice(level), err=True)
             finally:
                 server.restore()
                 server.close()

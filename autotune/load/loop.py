@@ -17,7 +17,11 @@ Python process cannot keep up with the server, ``processes`` spreads the request
 a process, at most six share a connection, as perf_analyzer's do.
 Each request stays a unary call, as users' clients send them: one long-lived ``ModelStreamInfer`` stream per
 request slot would cost the client less, but it costs the server less too, and Triton 2.51's Python backend
-crashed under streamed load (``benchmarks/README.md``).
+crashed under streamed load (``benchmarks/README.md``). What each client process collects carries its CPU times,
+so that a measurement says what the client itself cost (``cpu.ClientCost``).
+
+The module runs past 300 lines because the load, its clock of windows and its client processes share one private
+protocol (``_Part``, ``_Warm``); apart, each would have to export it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 import numpy as np
@@ -38,6 +42,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError
+from autotune.load.cpu import ClientCost, CpuTimes
 from autotune.load.inputs import InputSpec, build_requests, tensor_specs
 from autotune.load.windows import Measurement, Window, summarise
 
@@ -59,9 +64,23 @@ REQUESTS_PER_CONNECTION = 6
 # Twenty make a p95 the second-slowest of them; perf_analyzer's count windows hold 50.
 MIN_WINDOW_REQUESTS = 20
 LONGEST_WINDOW = 4
+# A server that does not describe the model within this long is hung: a stopped process answers nothing.
+METADATA_TIMEOUT_S = 10.0
 # A warm-up ends at the first slice this long whose median latency is over SETTLED_DROP of the slice before's.
 WARMUP_SLICE_S = 0.1
 SETTLED_DROP = 0.8
+
+
+class _Part(NamedTuple):
+    """What one client process collected up to a window boundary, and the CPU it had used by then."""
+
+    latencies: np.ndarray
+    errors: int
+    first_error: str
+    cpu: CpuTimes
+
+
+Collect = Callable[[float], list[_Part]]
 
 
 @dataclass(frozen=True)
@@ -115,14 +134,14 @@ class _Load:
             self._latencies.append(end - start)
             step += 1
 
-    def collect(self, until: float) -> tuple[np.ndarray, int, str]:
+    def collect(self, until: float) -> _Part:
         """Latencies of the requests that completed by ``until`` (and are not yet collected), and errors."""
         done = np.searchsorted(self._ends, until, side="right")
         latencies = np.asarray(self._latencies[:done])
         del self._ends[:done], self._latencies[:done]
         failed = int(np.searchsorted(self._error_ends, until, side="right"))
         del self._error_ends[:failed]
-        return latencies, failed, self.first_error
+        return _Part(latencies, failed, self.first_error, CpuTimes.now())
 
     async def close(self, grace_s: float) -> None:
         """Send nothing more, let the requests in flight finish for up to ``grace_s``, cancel the rest."""
@@ -188,8 +207,9 @@ class LoadGenerator:
     def _build_requests(self) -> list[bytes]:
         client = grpcclient.InferenceServerClient(self.url)
         try:
-            metadata = client.get_model_metadata(self.model, as_json=True)
-            batching = int(client.get_model_config(self.model, as_json=True)["config"].get("max_batch_size", 0)) > 0
+            metadata = client.get_model_metadata(self.model, as_json=True, client_timeout=METADATA_TIMEOUT_S)
+            config = client.get_model_config(self.model, as_json=True, client_timeout=METADATA_TIMEOUT_S)["config"]
+            batching = int(config.get("max_batch_size", 0)) > 0
         except InferenceServerException as error:
             raise AutotuneError(f"cannot read model {self.model!r} from {self.url}: {error.message()}") from None
         finally:
@@ -233,7 +253,7 @@ class LoadGenerator:
             for parent, _ in pipes:
                 parent.recv()  # ready: its load is running
 
-            def collect(until: float) -> list[tuple[np.ndarray, int, str]]:
+            def collect(until: float) -> list[_Part]:
                 for parent, _ in pipes:
                     parent.send(until)
                 return [parent.recv() for parent, _ in pipes]
@@ -251,35 +271,43 @@ class LoadGenerator:
                 if worker.is_alive():
                     worker.kill()
 
-    async def _windows(self, concurrency: int, collect: Callable[[float], list[tuple[np.ndarray, int, str]]],
-                       rules: _Rules, warmup_s: float) -> Measurement:
+    async def _windows(self, concurrency: int, collect: Collect, rules: _Rules, warmup_s: float) -> Measurement:
         """Warm up, then close one window after another on a fixed clock until the figures are enough."""
         settings = self.settings
         started = time.perf_counter()
-        boundary = warm = await _warm_up(collect, started, warmup_s)
+        warm = await _warm_up(collect, started, warmup_s)
+        boundary = warm.at
         windows: list[Window] = []
-        while len(windows) < settings.max_windows:
+        while True:
             opened, parts = boundary, []
             # A window that has replies but fewer than MIN_WINDOW_REQUESTS runs on, up to LONGEST_WINDOW window
             # lengths, so that a slow point's p95 is a percentile of something. One without any (a stall, a model
             # that never answers) closes on time.
-            while not parts or (0 < sum(len(p[0]) + p[1] for p in parts) < MIN_WINDOW_REQUESTS
+            while not parts or (0 < sum(len(p.latencies) + p.errors for p in parts) < MIN_WINDOW_REQUESTS
                                 and boundary - opened < LONGEST_WINDOW * settings.window_s - 1e-9):
                 boundary += settings.window_s
                 await asyncio.sleep(max(0.0, boundary - time.perf_counter()))
                 parts += collect(boundary)
-            windows.append(Window(np.concatenate([p[0] for p in parts]), sum(p[1] for p in parts),
-                                   next((p[2] for p in parts if p[2]), ""), boundary - opened))
-            so_far = replace(summarise(concurrency, windows, settings.stability), warmup_s=warm - started)
+            windows.append(Window(np.concatenate([p.latencies for p in parts]), sum(p.errors for p in parts),
+                                   next((p.first_error for p in parts if p.first_error), ""), boundary - opened))
+            so_far = replace(summarise(concurrency, windows, settings.stability), warmup_s=warm.at - started)
+            cost = ClientCost.between(warm.cpu, [p.cpu for p in parts[-len(warm.cpu):]], so_far.requests,
+                                      boundary - warm.at)
+            so_far = so_far.with_client_cost(cost)
             if rules.stop_early is not None and rules.stop_early(summarise(concurrency, windows[-1:], 0.0)):
                 return replace(so_far, cut_short=True)
-            if windows[-1].errors or rules.enough(so_far):
+            if windows[-1].errors or rules.enough(so_far) or len(windows) >= settings.max_windows:
                 return so_far
-        return so_far
 
 
-async def _warm_up(collect: Callable[[float], list[tuple[np.ndarray, int, str]]], started: float,
-                   longest_s: float) -> float:
+class _Warm(NamedTuple):
+    """When a warm-up ended, and the CPU each client process had used by then."""
+
+    at: float
+    cpu: list[CpuTimes]
+
+
+async def _warm_up(collect: Collect, started: float, longest_s: float) -> _Warm:
     """Send load for at most ``longest_s`` and drop what it measured; returns when measuring may begin.
 
     A freshly loaded model answers its first requests slowly (on the demo models the first 0.1 s after a reload
@@ -287,15 +315,17 @@ async def _warm_up(collect: Callable[[float], list[tuple[np.ndarray, int, str]]]
     slice of ``WARMUP_SLICE_S`` whose median latency fell by less than ``SETTLED_DROP`` from the slice before.
     """
     boundary, previous = started, math.inf
+    parts = collect(boundary)
     while boundary - started < longest_s - 1e-9:
         boundary = min(boundary + WARMUP_SLICE_S, started + longest_s)
         await asyncio.sleep(max(0.0, boundary - time.perf_counter()))
-        latencies = np.concatenate([part[0] for part in collect(boundary)])
+        parts = collect(boundary)
+        latencies = np.concatenate([part.latencies for part in parts])
         median = float(np.median(latencies)) if len(latencies) else math.inf
         if math.isfinite(median) and median > SETTLED_DROP * previous:
             break
         previous = median
-    return boundary
+    return _Warm(boundary, [part.cpu for part in parts])
 
 
 def _worker(pipe: Connection, url: str, requests: list[bytes], concurrency: int, settings: LoadSettings) -> None:

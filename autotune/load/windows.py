@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from autotune.load.cpu import ClientCost
+
 # Windows a point needs before its figures can be called known; one more gives the interval an error at all.
 MIN_WINDOWS = 2
 # Student's t for a two-sided 90 % interval, by degrees of freedom (windows - 1); beyond the table, its last value.
@@ -27,7 +29,9 @@ class Measurement:
 
     ``throughput_error`` and ``p95_error`` are the half-widths of the figures' 90 % confidence intervals, as shares
     of the figures (infinite with fewer than two windows with replies); ``warmup_s`` is how long the point warmed
-    up before its windows.
+    up before its windows; the ``client_`` figures are the load generator's own cost over the windows
+    (``cpu.ClientCost``): CPU microseconds per request in user mode and in the kernel, and its busiest process's
+    share of one core.
     """
 
     concurrency: int
@@ -45,9 +49,20 @@ class Measurement:
     throughput_error: float = math.inf
     p95_error: float = math.inf
     warmup_s: float = 0.0
+    client_user_us: float = math.nan
+    client_system_us: float = math.nan
+    client_core_share: float = math.nan
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @property
+    def client_cost(self) -> ClientCost:
+        return ClientCost(self.client_user_us, self.client_system_us, self.client_core_share)
+
+    def with_client_cost(self, cost: ClientCost) -> Measurement:
+        return replace(self, client_user_us=cost.user_us, client_system_us=cost.system_us,
+                       client_core_share=cost.core_share)
 
     @property
     def p95_interval_ms(self) -> tuple[float, float]:

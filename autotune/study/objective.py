@@ -8,6 +8,7 @@ earlier trial measured takes that trial's figures instead of measuring them agai
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from typing import NoReturn, Protocol
@@ -72,6 +73,7 @@ class Objective:
     space: SearchSpace
     sampled_concurrency: bool = False
     worker: dict[str, str] = field(default_factory=dict)
+    _client_warned: bool = field(default=False, init=False)  # a saturated client is said once a run
 
     @property
     def base(self) -> ModelConfig:
@@ -112,6 +114,9 @@ class Objective:
             trial.set_user_attr(CAPPED_KEY, True)
         trial.set_user_attr("measure_s", round(time.monotonic() - started, 3))
         _record(trial, measurement, before, self.target.statistics())
+        if measurement.client_cost.saturated and not self._client_warned:
+            self._client_warned = True
+            print(measurement.client_cost.advice(measurement.concurrency), file=sys.stderr)
         trial.set_user_attr("warmup_s", round(reading.warmup_s, 3))
         if measurement.requests == 0:
             reason = f"no request succeeded: {measurement.first_error or 'no reply within the window'}"
