@@ -4,14 +4,16 @@ and the load (``tests/fakes.py``): no Triton server, milliseconds a test."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 from fakes import QUICK, FakeTarget, ReadingsLoad, ScriptedLoad, make_tuner
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import AutotuneError
+from autotune.load.cpu import SATURATED
 from autotune.load.policy import Meter
 from autotune.load.windows import Measurement
 from autotune.records import (
@@ -27,9 +29,11 @@ from autotune.report.summary import summary, trial_line
 from autotune.search import (
     DEFAULT_STRATEGY,
     DELAY_RUNG_KEY,
+    EXPLORES_AFTER_KEY,
     SAMPLERS_TURN,
     STEP_FROM_KEY,
     Context,
+    Explore,
     IntRange,
     Proposal,
     Proposer,
@@ -415,3 +419,54 @@ def test_the_samplers_turn_comes_when_no_proposer_has_a_trial() -> None:
     tuner.optimize(2)
     assert all(not t.user_attrs.get("baseline") and "config" in t.user_attrs for t in tuner.study.trials)
     assert tuner.propose() == SAMPLERS_TURN
+
+
+@dataclass
+class BusyClientLoad(ReadingsLoad):
+    """Readings from a client that used this share of its core."""
+
+    core_share: float = 0.95
+
+    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None,
+                enough: object = None) -> Measurement:
+        return replace(super().measure(concurrency, stop_early, warmup_s, enough), client_core_share=self.core_share)
+
+
+@pytest.mark.parametrize("core_share", [0.95, 0.5])
+def test_a_client_that_saturates_its_core_is_said_once_with_what_to_do(
+    core_share: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tuner = make_tuner(FakeTarget(), BusyClientLoad([(1000.0, 5.0), (1200.0, 5.0)], core_share))
+    for instances in (1, 2):
+        tuner.study.enqueue_trial({**NO_BATCHING, "instance_count": instances, "concurrency": 16})
+    tuner.optimize(2)
+    assert [t.user_attrs["client_core_share"] for t in tuner.study.trials] == [core_share] * 2
+    warned = capsys.readouterr().err.count("autotune: warning: the load generator used 95% of a core at "
+                                           "concurrency 16, so it may read less than the server gives: spread it "
+                                           "with --client-processes")
+    assert warned == (core_share > SATURATED)
+
+
+def test_a_repeat_of_measured_settings_is_followed_by_a_random_untried_point() -> None:
+    load = ScriptedLoad({c: (100.0 * c, 5.0) for c in (1, 2, 4, 8, 16, 32, 64)})
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, concurrency_search="sweep", strategy=Strategy(Explore()))
+    tuner.study.enqueue_trial(NO_BATCHING)
+    tuner.study.enqueue_trial(NO_BATCHING)  # as a sampler that narrowed down proposes the same again
+    tuner.optimize(4)
+    trials = tuner.study.trials
+    assert trials[1].user_attrs[SAME_AS_KEY] == 0
+    assert trials[2].user_attrs[EXPLORES_AFTER_KEY] == 1
+    assert trial_params(trials[2]) != trial_params(trials[0]), "somewhere no trial has been"
+    for before, trial in itertools.pairwise(trials):
+        assert (EXPLORES_AFTER_KEY in trial.user_attrs) == (SAME_AS_KEY in before.user_attrs)
+    assert "a random untried point, after trial 1 repeated measured settings" in trial_line(trials[2], 4, 20.0,
+                                                                                            Strategy(Explore()))
+
+
+def test_exploration_gives_way_when_every_point_has_been_tried() -> None:
+    space = SearchSpace(instance_count=IntRange(1, 1), dynamic_batching=(False,))  # one point in all
+    load = ScriptedLoad({c: (100.0 * c, 5.0) for c in (1, 2, 4, 8, 16, 32, 64)})
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=space, concurrency_search="sweep",
+                       strategy=Strategy(Explore()))
+    tuner.optimize(3)
+    assert not [t for t in tuner.study.trials if EXPLORES_AFTER_KEY in t.user_attrs]
