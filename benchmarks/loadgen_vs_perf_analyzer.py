@@ -1,13 +1,15 @@
 """autotune's load loop held against perf_analyzer, both run back to back against one embedded Triton server.
 
-    python benchmarks/loadgen_vs_perf_analyzer.py [--perf-analyzer PATH] [--no-pin] [--part agreement|rate|overhead]
+    python benchmarks/loadgen_vs_perf_analyzer.py [--perf-analyzer PATH] [--no-pin]
+                                                  [--part agreement|rate|overhead|ranking] [--rounds 2]
 
 Part 1 measures the shipped models under three server configs at concurrency 1, 4 and 16 with perf_analyzer,
 then autotune, then perf_analyzer again: the two perf_analyzer runs show how much the machine's noise alone
 moves a figure. Part 2 measures the highest request rate each tool reaches against a near-free model at
 concurrency 16 and 64. Part 3 measures each tool's time per request at concurrency 1 against models that only
 sleep (0 to 4 ms, no server CPU): the difference is the client's own round-trip cost. Both tools use windows of
-the same length and the same stability rule (p95 and throughput within 10 % over three windows).
+the same length and the same stability rule (p95 and throughput within 10 % over three windows). Part 4
+(``ranking.py``, only when asked for) ranks twelve server configs, each at its knee, by both tools.
 
 perf_analyzer ships only in the ``tritonclient==2.51.0`` wheel; without ``--perf-analyzer`` the script installs it
 into ``~/.cache/autotune/perf-analyzer`` together with the CUDA runtime library it links against (it needs
@@ -32,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from ranking import print_ranking, ranking
 
 from autotune import LoadGenerator, LoadSettings, Measurement, ModelServer, ServerParams, apply
 
@@ -100,8 +103,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--perf-analyzer", type=Path, help="a perf_analyzer binary (default: install one)")
     parser.add_argument("--no-pin", action="store_true", help="let server and clients share every core")
-    parser.add_argument("--part", choices=("all", "agreement", "rate", "overhead"), default="all",
-                        help="which part to run")
+    parser.add_argument("--part", choices=("all", "agreement", "rate", "overhead", "ranking"), default="all",
+                        help="which part to run (all: the first three)")
+    parser.add_argument("--rounds", type=int, default=2, help="round-robin rounds of the ranking part")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cores) >= 2
@@ -118,12 +122,15 @@ def main() -> int:
             rows = _agreement(url, tool) if args.part in ("all", "agreement") else []
             rates = _max_rate(url, tool) if args.part in ("all", "rate") else []
             overheads = _overhead(url, tool) if args.part in ("all", "overhead") else []
+            ranked = ranking(url, tool, LoadSettings(), args.rounds) if args.part == "ranking" else []
     if rows:
         _print_agreement(rows)
     if rates:
         _print_rates(rates)
     if overheads:
         _print_overheads(overheads)
+    if ranked:
+        print_ranking(ranked)
     return 0
 
 

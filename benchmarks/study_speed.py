@@ -104,10 +104,9 @@ def main() -> int:
                 key = f"{commit}|{model}|{args.max_p95:g}|{seed}"
                 if key in cache:
                     pick = Pick(**cache[key])
-                elif tree is None:
-                    pick = _model_analyzer(code, commit, repository, model, args.max_p95, Path(tmp))
                 else:
-                    pick = _study(code, commit, tree, repository, model, args.max_p95, seed, Path(tmp))
+                    pick = (_model_analyzer(code, commit, repository, model, args.max_p95, Path(tmp)) if tree is None
+                            else _study(code, commit, tree, repository, model, args.max_p95, seed, Path(tmp)))
                     cache[key] = asdict(pick)
                     RESULTS.parent.mkdir(parents=True, exist_ok=True)
                     RESULTS.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")

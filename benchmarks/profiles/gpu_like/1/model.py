@@ -3,7 +3,6 @@ LAUNCH_S + PER_REQUEST_S x batch, sleeping, so the CPU stays free as it would wh
 
 import fcntl
 import os
-import tempfile
 import time
 
 import triton_python_backend_utils as pb_utils
@@ -14,8 +13,10 @@ PER_REQUEST_S = 0.00025
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        # One device per server: the lock file is named for the server's process, the instances' common parent.
-        self.device = open(os.path.join(tempfile.gettempdir(), f"gpu_like-{os.getppid()}.lock"), "a")  # noqa: SIM115
+        # One device per server: the lock file is named for the server's process, the instances' common parent, and
+        # kept in the model's directory, which goes with the benchmark's copy of the repository.
+        path = os.path.join(args["model_repository"], f".device-{os.getppid()}.lock")
+        self.device = open(path, "a")  # noqa: SIM115
 
     def execute(self, requests: list) -> list:
         inputs = [pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() for r in requests]
