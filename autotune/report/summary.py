@@ -126,8 +126,8 @@ def confirmation(study: optuna.Study) -> list[str]:
                      f"(±{spread:.0%}){at}; p95 {p95} ms; held the limit {held} of {len(throughput)}{mark}")
     if "concurrency" in confirmed and any(run["trial"] == confirmed["winner"] and
                                           run["concurrency"][0] != confirmed["concurrency"] for run in runs):
-        lines.append(f"  Most readings over the limit move that trial's next runs to fewer requests in flight: the "
-                     f"winner holds it at concurrency {confirmed['concurrency']}.")
+        lines.append(f"  A run over the limit moves that trial's next runs to fewer requests in flight: the winner "
+                     f"holds it at concurrency {confirmed['concurrency']}.")
     return lines
 
 

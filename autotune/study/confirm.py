@@ -1,12 +1,10 @@
 """The winner's curse, answered: the top feasible trials measured again round-robin, and the winner crowned on
 those runs rather than on its first, flattered reading.
 
-A sweep stands on requests in flight that held the limit once, so the top trials sit near the limit's edge and the
-next reading may break it. The study's first reading is one reading too: a trial moves to fewer requests in flight
-only once most of its readings at its concurrency broke the limit (one run of a noisy machine over the limit, against
-the first that held, is a tie, measured again), and then as many fewer as its p95 was over (at saturation latency
-grows with the requests in flight, Little's law), and a little more. The winner is crowned, and deployed, at the
-concurrency where at least half its readings held.
+A sweep stands on the most requests in flight that held the limit once, so the top trials sit on the limit's edge
+and the next reading often breaks it. A run that breaks the limit moves that trial's next runs to fewer requests in
+flight, as many fewer as its p95 was over (at saturation latency grows with the requests in flight, Little's law),
+and a little more: the winner is crowned, and deployed, at the concurrency where its runs held.
 """
 
 from __future__ import annotations
@@ -54,25 +52,15 @@ def final(runs: Sequence[Run]) -> list[Run]:
     return [run for run in runs if run.concurrency == runs[-1].concurrency]
 
 
-def held_share(readings: Sequence[Run], max_p95_ms: float) -> float:
-    """The share of the readings at a trial's last concurrency (``final``) that held the limit."""
-    counted = final(readings)
-    return sum(run.held(max_p95_ms) for run in counted) / len(counted)
-
-
-def crown(readings: dict[int, Sequence[Run]], max_p95_ms: float) -> int:
-    """The trial whose readings at its last concurrency held the limit at least half the time, with the highest
-    median throughput of its runs there; when none held it, the one that held it most often.
-
-    Each trial's readings are its first (the study's, which held the limit, and is flattered by having made the top)
-    and then its runs: the first counts toward holding the limit, never toward the throughput.
-    """
+def crown(runs: dict[int, Sequence[Run]], max_p95_ms: float) -> int:
+    """The trial whose last runs (``final``) held the limit at least half the time, with the highest median
+    throughput; when none held it, the one that held it most often."""
     def score(number: int) -> tuple[float, float]:
-        runs = final(readings[number][1:])
-        return (min(held_share(readings[number], max_p95_ms), 0.5),
-                float(np.median([run.throughput for run in runs])))
+        counted = final(runs[number])
+        held = sum(run.held(max_p95_ms) for run in counted) / len(counted)
+        return (min(held, 0.5), float(np.median([run.throughput for run in counted])))
 
-    return max(readings, key=score)
+    return max(runs, key=score)
 
 
 def confirm(study: optuna.Study, storage: BaseStorage, target: Target, meter: Meter, rounds: int) -> None:
@@ -88,20 +76,18 @@ def confirm(study: optuna.Study, storage: BaseStorage, target: Target, meter: Me
     if rounds < 1 or not top:
         return
     base, max_p95_ms = target.original, meter.max_p95_ms
-    readings = {t.number: [Run(t.value or 0.0, float(t.user_attrs["p95_ms"]), 0, int(t.user_attrs[CONCURRENCY_KEY]))]
-                for t in top}
-    concurrency = {t.number: readings[t.number][0].concurrency for t in top}
+    runs: dict[int, list[Run]] = {t.number: [] for t in top}
+    concurrency = {t.number: int(t.user_attrs[CONCURRENCY_KEY]) for t in top}
     # Every other round backwards (A B C, C B A, ...): a drift of the machine's speed weighs on all alike, and the
     # config measured last in a round is measured first in the next without a reload.
     for trial in (t for round_ in range(rounds) for t in (top if round_ % 2 == 0 else top[::-1])):
         at = concurrency[trial.number]
         measured = meter.again(at, target.apply(apply(base, trial_params(trial))))
         run = Run(measured.throughput, measured.p95_ms, measured.errors, at)
-        readings[trial.number].append(run)
-        if held_share(readings[trial.number], max_p95_ms) < 0.5:
+        runs[trial.number].append(run)
+        if not run.held(max_p95_ms):
             concurrency[trial.number] = run.fewer(max_p95_ms)
-    runs = {number: trial_readings[1:] for number, trial_readings in readings.items()}
-    winner = next(t for t in top if t.number == crown(readings, max_p95_ms))
+    winner = next(t for t in top if t.number == crown(runs, max_p95_ms))
     won = final(runs[winner.number])
     study.set_user_attr(CONFIRMED_KEY, {
         "winner": winner.number,
