@@ -296,6 +296,7 @@ def test_a_storage_that_cannot_be_written_mid_study_is_one_line_restores_the_mod
     assert rerun.returncode == 0, rerun.stderr
     assert counted(load(storage, "mlp-p95-50ms").trials) == 3
     assert holder.running_config() == before
+    holder.restore()
     holder.close()
 
 

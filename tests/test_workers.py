@@ -139,6 +139,7 @@ def test_a_worker_outlives_a_restart_of_its_postgresql_server(postgres_url: str,
     trials = load(postgres_url, study_name).trials
     assert counted(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert holder.running_config() == before
+    holder.restore()
     holder.close()
 
 
