@@ -211,7 +211,11 @@ def test_gpus_passes_sigterm_on_to_its_workers_and_exits_with_their_code(reposit
                                "--study", "gpus", "--space", "space.yaml", *QUICK],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
-    while not log.exists() or {t.user_attrs.get("gpu") for t in load(f"journal:{log}", "gpus").trials} < {"0", "1"}:
+
+    def gpus_measuring() -> set[str]:
+        return {t.user_attrs.get("gpu", "") for t in load(f"journal:{log}", "gpus").trials} if log.exists() else set()
+
+    while not {"0", "1"} <= gpus_measuring():  # both workers are in a trial
         assert parent.poll() is None and time.monotonic() < deadline, "both workers should have started a trial"
         time.sleep(0.2)
     parent.send_signal(signal.SIGTERM)
