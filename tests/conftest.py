@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import tritonclient.grpc as grpcclient
 
 from autotune.params import ServerParams
 from autotune.triton.embedded import EmbeddedServer
-from autotune.triton.model_config import from_json, params_of
+from autotune.triton.model_config import ModelConfig, from_json, params_of
+from autotune.triton.server import ModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,6 +112,15 @@ def model_configs(repository: Path) -> dict[str, bytes]:
     found = {str(path.relative_to(repository)): path.read_bytes() for path in repository.glob("*/config.pbtxt")}
     assert found, f"no model configs under {repository}"
     return found
+
+
+def wait_for_a_reload(holder: ModelServer, before: ModelConfig, process: subprocess.Popen[str]) -> None:
+    """Wait until ``process`` (an ``autotune optimize``) has loaded a trial's own settings on ``holder``'s model:
+    from then on there is something to restore."""
+    deadline = time.monotonic() + 120
+    while holder.running_config() == before:
+        assert process.poll() is None and time.monotonic() < deadline, "no trial reloaded the model"
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="session")

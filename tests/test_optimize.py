@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import optuna_dashboard
 import pytest
-from conftest import loaded_models, model_configs
+from conftest import loaded_models, model_configs, wait_for_a_reload
 from optuna.trial import TrialState
 
 from autotune.records import counted
@@ -203,10 +203,7 @@ def test_a_signal_records_the_trial_as_failed_restores_the_model_and_a_rerun_fin
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # The signal comes once a trial has loaded settings of its own, so that there is something to restore.
-    deadline = time.monotonic() + 120
-    while holder.running_config() == before:
-        assert process.poll() is None and time.monotonic() < deadline, "no trial reloaded the model"
-        time.sleep(0.02)
+    wait_for_a_reload(holder, before, process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
@@ -238,10 +235,7 @@ def test_a_hung_server_is_one_line_within_a_minute_and_its_trial_is_left_for_a_r
             [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "5", "--url", hung.url,
              "--storage", storage, "--space", str(small_space(tmp_path)), *QUICK],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while holder.running_config() == before:  # hung in a trial of its own settings
-            assert process.poll() is None and time.monotonic() < deadline, "no trial reloaded the model"
-            time.sleep(0.02)
+        wait_for_a_reload(holder, before, process)  # hung in a trial of its own settings
         holder.close()
         assert hung.pid is not None
         os.kill(hung.pid, signal.SIGSTOP)
@@ -281,10 +275,7 @@ def test_a_storage_that_cannot_be_written_mid_study_is_one_line_restores_the_mod
     args = [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "3", "--url", triton.url,
             "--storage", storage, "--space", str(small_space(tmp_path)), *QUICK]
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while holder.running_config() == before:  # a trial has loaded settings of its own: there is something to restore
-        assert process.poll() is None and time.monotonic() < deadline, "no trial reloaded the model"
-        time.sleep(0.02)
+    wait_for_a_reload(holder, before, process)
     with immutable(database):
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 2, stderr
@@ -362,10 +353,7 @@ def test_ctrl_c_with_the_embedded_server_records_the_trial_and_stops_the_server_
         started = line
     holder = ModelServer(re.search(r"Tuning mlp on (\S+):", started).group(1), "mlp")
     before = holder.running_config()
-    deadline = time.monotonic() + 120
-    while holder.running_config() == before:  # interrupted in a trial with settings of its own
-        assert process.poll() is None and time.monotonic() < deadline, "no trial reloaded the model"
-        time.sleep(0.02)
+    wait_for_a_reload(holder, before, process)  # interrupted in a trial with settings of its own
     holder.close()
     family = _descendants(process.pid)
     assert {"tritonserver", "triton_python_b"} <= set(family.values()), family
@@ -374,9 +362,13 @@ def test_ctrl_c_with_the_embedded_server_records_the_trial_and_stops_the_server_
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1].startswith("autotune: error: interrupted")
     assert "Traceback" not in stderr
+    deadline = time.monotonic() + 10  # the model processes exit as their server does, within moments
+    while any(_alive(pid) for pid in family) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not [family[pid] for pid in family if _alive(pid)], "the server and its model processes stop with it"
-    (interrupted,) = [t for t in load(storage, "mlp-p95-50ms").trials if t.state == TrialState.FAIL]
-    assert interrupted.params, "the trial that was running, with its settings, is recorded"
+    # The last trial (a natural crash of Triton's Python backend may have failed an earlier one, uncounted).
+    interrupted = [t for t in load(storage, "mlp-p95-50ms").trials if t.state.is_finished()][-1]
+    assert interrupted.state == TrialState.FAIL and interrupted.params, "the running trial, with its settings"
 
 
 def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune_and_the_next_clears_up(

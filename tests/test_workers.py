@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_for_a_reload
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
@@ -125,11 +125,8 @@ def test_a_worker_outlives_a_restart_of_its_postgresql_server(postgres_url: str,
          "--storage", postgres_url, "--study", study_name, "--space", "space.yaml", "--window", "1s", "--warmup",
          "0.5s", "--max-windows", "3", "--confirm-rounds", "0"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while holder.running_config() == before:  # a trial of its own settings is loaded ...
-        assert process.poll() is None and time.monotonic() < deadline, "no trial reloaded the model"
-        time.sleep(0.02)
-    served = holder.statistics()["success_count"]
+    wait_for_a_reload(holder, before, process)  # a trial of its own settings is loaded ...
+    served, deadline = holder.statistics()["success_count"], time.monotonic() + 60
     while holder.statistics()["success_count"] == served:  # ... and measured
         assert process.poll() is None and time.monotonic() < deadline, "the trial sent no load"
         time.sleep(0.01)
