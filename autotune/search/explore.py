@@ -13,7 +13,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
-from autotune.records import CONFIG_KEY, SAME_AS_KEY, trial_params
+from autotune.records import SAME_AS_KEY
 from autotune.search.strategy import Context, Proposal, Proposer
 
 # Marks an exploring trial with the repeat it followed.
@@ -31,8 +31,7 @@ class Explore(Proposer):
         if not finished or SAME_AS_KEY not in finished[-1].user_attrs:
             return None
         space, base, sampled = context.space, context.base, context.sampled_concurrency
-        tried = {(trial_params(t), t.params.get("concurrency") if sampled else None)
-                 for t in trials if CONFIG_KEY in t.user_attrs}
+        tried = context.tried(trials)
         sampler = optuna.samplers.RandomSampler(seed=int(context.rng.integers(2**31)))
         scratch = optuna.create_study(sampler=sampler)
         for _ in range(DRAWS):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from optuna.trial import FrozenTrial
 
-from autotune.records import CONFIG_KEY, best_trial, trial_params
+from autotune.records import best_trial, trial_params
 from autotune.search.strategy import Context, Proposal, Proposer
 
 # Marks a local step's trial with the best trial it stepped from.
@@ -34,8 +34,7 @@ class LocalStep(Proposer):
         point = space.point(trial_params(best), base, best.params.get("concurrency") if sampled else None)
         if point is None:
             return None
-        tried = {(trial_params(t), t.params.get("concurrency") if sampled else None)
-                 for t in trials if CONFIG_KEY in t.user_attrs}
+        tried = context.tried(trials)
         steps = [step for step in space.neighbours(point, base)
                  if (space.resolve(step, base), step.get("concurrency")) not in tried]
         if not steps:

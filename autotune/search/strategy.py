@@ -21,6 +21,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
+from autotune.params import ServerParams
+from autotune.records import CONFIG_KEY, trial_params
 from autotune.search.space import SearchSpace
 from autotune.triton.model_config import ModelConfig
 
@@ -38,6 +40,11 @@ class Context:
     @property
     def trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
+
+    def tried(self, trials: list[FrozenTrial]) -> set[tuple[ServerParams, int | None]]:
+        """The settings (and concurrency, where it is sampled) that ``trials`` ran with: where not to go again."""
+        return {(trial_params(t), t.params.get("concurrency") if self.sampled_concurrency else None)
+                for t in trials if CONFIG_KEY in t.user_attrs}
 
 
 @dataclass(frozen=True)
