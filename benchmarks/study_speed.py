@@ -15,7 +15,8 @@
    round-robin, ``--rounds`` times, at the concurrency the study chose to deploy. Beside them stand the
    ``--grid-top`` best configs of each model's newest exhaustive grid (``benchmarks/grid/``) under the limit, each
    at its best concurrency in that grid. A pick's score is its median throughput over the best median of those
-   that held the limit in at least half their runs; a pick that did not is marked.
+   that held the limit in at least half their runs; a pick that did not is marked. The range beside it (its
+   lowest and highest run on the same scale) shows how far the yardstick's own noise reaches.
 
 The model profiles under ``benchmarks/profiles/``: ``gpu_like`` (each batch holds one device shared by every
 instance for 2 ms + 0.25 ms per request, sleeping) and ``contended`` (a batch's work grows with the square of its
@@ -203,8 +204,23 @@ def _env(tree: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(tree)}
 
 
-def _remeasure(repository: Path, picks: list[Pick], rounds: int, tmp: Path) -> dict[str, tuple[float, int, int]]:
-    """Each pick's (median throughput, runs that held the limit, runs) by perf_analyzer, round-robin."""
+@dataclass(frozen=True)
+class Score:
+    """A pick's perf_analyzer runs: their median throughput, its lowest and highest, and how many held the limit."""
+
+    median: float
+    low: float
+    high: float
+    held: int
+    runs: int
+
+    @property
+    def feasible(self) -> bool:
+        return self.runs > 0 and 2 * self.held >= self.runs
+
+
+def _remeasure(repository: Path, picks: list[Pick], rounds: int, tmp: Path) -> dict[str, Score]:
+    """Each pick's perf_analyzer runs, round-robin."""
     binary, environment = install_perf_analyzer(None)
     runs: dict[str, list[tuple[float, float]]] = {p.key: [] for p in picks if p.config}
     with EmbeddedServer(repository) as embedded:
@@ -217,9 +233,12 @@ def _remeasure(repository: Path, picks: list[Pick], rounds: int, tmp: Path) -> d
                 runs[pick.key].append(_perf(binary, environment, embedded.url, pick, tmp / "perf.csv"))
                 server.restore()
                 server.close()
-    return {key: (statistics.median(t for t, _ in values),
-                  sum(p95 <= float(key.split("|")[2]) for _, p95 in values), len(values))
-            for key, values in runs.items()}
+    scores = {}
+    for key, values in runs.items():
+        throughputs = [t for t, _ in values]
+        scores[key] = Score(statistics.median(throughputs), min(throughputs), max(throughputs),
+                            sum(p95 <= float(key.split("|")[2]) for _, p95 in values), len(values))
+    return scores
 
 
 def _perf(binary: Path, environment: dict[str, str], url: str, pick: Pick, csv_path: Path) -> tuple[float, float]:
@@ -248,32 +267,35 @@ def _perf(binary: Path, environment: dict[str, str], url: str, pick: Pick, csv_p
     return max(held) if held else min(rows, key=lambda row: row[1])
 
 
-def _print(picks: list[Pick], scores: dict[str, tuple[float, int, int]], args: argparse.Namespace) -> None:
+def _print(picks: list[Pick], scores: dict[str, Score], args: argparse.Namespace) -> None:
+    """One line a pick: its score (median over the best median of the picks that held the limit) and the range its
+    runs spanned on that scale, which says how far the yardstick's own noise reaches."""
     print(f"\n{datetime.date.today()}, p95 limit {args.max_p95:g} ms, 20 trials, perf_analyzer re-measured "
           f"{args.rounds} rounds of {PA_WINDOW_MS} ms windows\n")
-    print(f"{'model':<10} {'code':<4} {'seed':>4} {'wall s':>7} {'pa infer/s':>10} {'held':>5} {'score':>6}  pick")
+    print(f"{'model':<10} {'code':<4} {'seed':>4} {'wall s':>7} {'pa infer/s':>10} {'held':>5} {'score':>6} "
+          f"{'range':>10}  pick")
+    missing = Score(float("nan"), float("nan"), float("nan"), 0, 0)
     for model in args.models:
         mine = [p for p in picks if p.model == model]
-        held = [scores[p.key][0] for p in mine if p.key in scores and 2 * scores[p.key][1] >= scores[p.key][2]]
-        top = max(held, default=float("nan"))
+        top = max((scores[p.key].median for p in mine if p.key in scores and scores[p.key].feasible),
+                  default=float("nan"))
         for pick in mine:
-            median, ok, n = scores.get(pick.key, (float("nan"), 0, 0))
-            feasible = n and 2 * ok >= n
-            score = f"{median / top:.2f}" if feasible else "over"
-            print(f"{model:<10} {pick.code:<4} {pick.seed:>4} {pick.wall_s:>7.0f} {median:>10.0f} {ok:>2}/{n:<2} "
-                  f"{score:>6}  {pick.config} at {pick.concurrency}")
+            score = scores.get(pick.key, missing)
+            shown = f"{score.median / top:.2f}" if score.feasible else "over"
+            spread = f"{score.low / top:.2f}-{score.high / top:.2f}"
+            print(f"{model:<10} {pick.code:<4} {pick.seed:>4} {pick.wall_s:>7.0f} {score.median:>10.0f} "
+                  f"{score.held:>2}/{score.runs:<2} {shown:>6} {spread:>10}  {pick.config} at {pick.concurrency}")
         walls = {code: [p.wall_s for p in mine if p.code == code] for code in ("new", "old", "maq", "mao")}
         for code, times in walls.items():
             if times:
                 print(f"{model:<10} {code:<4} median wall {statistics.median(times):.0f} s over {len(times)}")
-        news = [scores[p.key][0] / top if p.key in scores and 2 * scores[p.key][1] >= scores[p.key][2] else 0.0
+        news = [scores[p.key].median / top if p.key in scores and scores[p.key].feasible else 0.0
                 for p in mine if p.code == "new"]
         ratios = ", ".join(f"new/{code} wall {statistics.median(walls['new']) / statistics.median(walls[code]):.2f}"
                            for code in ("old", "maq", "mao") if walls["new"] and walls[code])
         if news:
             print(f"{model:<10} {ratios}; new median score {statistics.median(news):.2f} (an over-the-limit pick "
                   "scores 0)")
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -30,6 +30,7 @@ from autotune.search import (
     DEFAULT_STRATEGY,
     DELAY_RUNG_KEY,
     EXPLORES_AFTER_KEY,
+    FITTED_FROM_KEY,
     SAMPLERS_TURN,
     STEP_FROM_KEY,
     Context,
@@ -327,7 +328,7 @@ def test_a_ladder_climbs_on_past_a_rung_that_could_not_win_where_the_best_peaked
         (1200.0, 12.0), (800.0, 10.0),  # 1 instance: a new best, then a rung clearly worse: that ladder ends
         (700.0, 25.0), (1500.0, 15.0), (1000.0, 10.0),  # 2 instances: a rung that cannot win, a new best, the end
         (500.0, 5.0)])
-    space = SearchSpace(instance_count=IntRange(1, 2), concurrency=IntRange(16, 16))
+    space = SearchSpace(instance_count=IntRange(1, 2), concurrency=IntRange(64, 64))  # batches of 32 can fill
     tuner = make_tuner(FakeTarget(), load, max_p95_ms=20.0, space=space, strategy=DEFAULT_STRATEGY,
                        concurrency_search="sweep")
     tuner.optimize(9)
@@ -335,6 +336,37 @@ def test_a_ladder_climbs_on_past_a_rung_that_could_not_win_where_the_best_peaked
     assert [t.user_attrs.get(DELAY_RUNG_KEY) for t in trials] == [None, None, None, 1, 2, 1, 2, 3, None]
     assert trials[5].state == TrialState.PRUNED and trials[5].user_attrs["cannot_win"]
     assert trials[8].user_attrs[STEP_FROM_KEY] == 6
+
+
+@pytest.mark.parametrize(("figures", "second"), [
+    pytest.param({1: (100.0, 5.0), 2: (200.0, 6.0), 4: (400.0, 8.0), 8: (800.0, 15.0), 11: (900.0, 25.0),
+                  16: (1000.0, 30.0), 32: (1100.0, 40.0), 64: (1100.0, 80.0)}, {"max_batch_size": 8},
+                 id="the-limit-binds-at-8-in-flight"),
+    pytest.param({c: (100.0 * c, 5.0) for c in (1, 2, 4, 8, 16, 32, 64)}, {"max_batch_size": 32,
+                                                                            "max_queue_delay_microseconds": 447},
+                 id="the-batches-fill"),
+])
+def test_a_rule_of_thumb_whose_knee_holds_fewer_requests_than_its_batch_is_tried_with_the_batch_it_holds(
+    figures: dict[int, tuple[float, float]], second: dict[str, int],
+) -> None:
+    space = SearchSpace(instance_count=IntRange(1, 1))
+    tuner = make_tuner(FakeTarget(), ScriptedLoad(figures), max_p95_ms=20.0, space=space, strategy=DEFAULT_STRATEGY,
+                       concurrency_search="sweep")
+    tuner.optimize(8)
+    _, rule, fitted, after, *rest = tuner.study.trials
+    assert rule.user_attrs["rule_of_thumb"] and trial_params(rule).max_batch_size == 32
+    batch = second["max_batch_size"]
+    assert trial_params(fitted) == replace(trial_params(rule), **second, preferred_batch_size=(batch,))
+    if batch < 32:
+        assert fitted.user_attrs[FITTED_FROM_KEY] == rule.number
+        assert "trial 1's rule of thumb with batches its knee could fill" in trial_line(
+            fitted, 4, 20.0, DEFAULT_STRATEGY)
+        # The fitted rule of thumb's ladder climbs first (to the longest delay: every rung reads alike), then the
+        # ladder of the one it fits.
+        assert after.user_attrs[DELAY_RUNG_KEY] == 1 and trial_params(after).max_batch_size == 8
+        assert [trial_params(t).max_batch_size for t in rest if DELAY_RUNG_KEY in t.user_attrs] == [8, 8, 8, 32]
+    else:
+        assert FITTED_FROM_KEY not in fitted.user_attrs and fitted.user_attrs[DELAY_RUNG_KEY] == 1
 
 
 NO_REPLY = (0.0, math.inf)

@@ -1,13 +1,14 @@
 """The search: the space of settings, Optuna's samplers, and the strategy that proposes each trial.
 
 The default strategy follows the Triton guide first (the baseline, the rule of thumb with the fewest and with the
-most instances, each one's delay ladder) and then lets the sampler's trials and local steps take turns; a trial
-that repeats measured settings is followed by a random untried point. Random search is the yardstick: the baseline
-and one rule of thumb, then the sampler alone.
+most instances, each fitted to the batches its knee could fill within the limit, each one's delay ladder) and
+then lets the sampler's trials and local steps take turns; a trial that repeats measured settings is followed by a
+random untried point. Random search is the yardstick: the baseline and one rule of thumb, then the sampler alone.
 """
 
 from autotune.search.baseline import Baseline
 from autotune.search.explore import EXPLORES_AFTER_KEY, Explore
+from autotune.search.fitted_batch import FITTED_FROM_KEY, FittedBatch
 from autotune.search.ladder import DELAY_RUNG_KEY, DelayLadder
 from autotune.search.local_step import STEP_FROM_KEY, LocalStep
 from autotune.search.rule_of_thumb import RULE_OF_THUMB_KEY, RuleOfThumb
@@ -15,8 +16,8 @@ from autotune.search.samplers import STARTUP_TRIALS, SamplerName, check_sampler,
 from autotune.search.space import MAX_CONCURRENCY, ConcurrencySearch, IntRange, SearchSpace
 from autotune.search.strategy import SAMPLERS_TURN, Context, Proposal, Proposer, Strategy
 
-DEFAULT_STRATEGY = Strategy(Baseline(), RuleOfThumb("fewest"), RuleOfThumb("most"), DelayLadder(), LocalStep(),
-                            Explore())
+DEFAULT_STRATEGY = Strategy(Baseline(), RuleOfThumb("fewest"), RuleOfThumb("most"), FittedBatch(), DelayLadder(),
+                            LocalStep(), Explore())
 RANDOM_STRATEGY = Strategy(Baseline(), RuleOfThumb("fewest"))
 
 
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_STRATEGY",
     "DELAY_RUNG_KEY",
     "EXPLORES_AFTER_KEY",
+    "FITTED_FROM_KEY",
     "MAX_CONCURRENCY",
     "RANDOM_STRATEGY",
     "RULE_OF_THUMB_KEY",
@@ -40,6 +42,7 @@ __all__ = [
     "Context",
     "DelayLadder",
     "Explore",
+    "FittedBatch",
     "IntRange",
     "LocalStep",
     "Proposal",

@@ -1,9 +1,10 @@
 """The Triton guide's delay ladder: "try increasing delay values until the latency budget is exceeded".
 
-Each rule of thumb starts a ladder; a rung is the ladder's last rung with the batcher delay one step longer
-(``SearchSpace.delay_steps``). Throughput need not rise or fall steadily with the delay (on a demo model's grid a
-short delay read less than no delay and than a longer one), so a ladder walks through a dip that would end a climb
-by local steps, and tries the long delays that TPE seldom reaches in a budget of tens of trials.
+Each rule of thumb starts a ladder (a fitted one, ``FittedBatch``, too, before the one it fits); a rung is the
+ladder's last rung with the batcher delay one step longer (``SearchSpace.delay_steps``). Throughput need not rise or
+fall steadily with the delay (on a demo model's grid a short delay read less than no delay and than a longer one),
+so a ladder walks through a dip that would end a climb by local steps, and tries the long delays that TPE seldom
+reaches in a budget of tens of trials.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from autotune.records import CANNOT_WIN_KEY, counts_toward_total, is_feasible
+from autotune.search.fitted_batch import FITTED_FROM_KEY
 from autotune.search.rule_of_thumb import RULE_OF_THUMB_KEY
 from autotune.search.space import SearchSpace
 from autotune.search.strategy import Context, Proposal, Proposer
@@ -25,20 +27,21 @@ RUNG_KEEPS = 0.75
 
 
 class DelayLadder(Proposer):
-    """Proposes the next rung of the first ladder, by instance count, that still climbs.
+    """Proposes the next rung of the first ladder, by instance count and batch size, that still climbs.
 
     A ladder ends at a rung that breaks the limit or reads under ``RUNG_KEEPS`` of its best rung, or at the space's
     longest delay; a rung that could not win where the study's best peaked ends nothing. While any rung is still
     out, nothing is proposed: the next rung depends on it."""
 
     def propose(self, context: Context) -> Proposal | None:
-        rungs = [t for t in context.trials if t.user_attrs.get(RULE_OF_THUMB_KEY) or DELAY_RUNG_KEY in t.user_attrs]
+        rungs = [t for t in context.trials if t.user_attrs.get(RULE_OF_THUMB_KEY) or FITTED_FROM_KEY in t.user_attrs
+                 or DELAY_RUNG_KEY in t.user_attrs]
         if not all(t.state.is_finished() for t in rungs):
             return None
-        ladders: dict[int, list[FrozenTrial]] = {}
+        ladders: dict[tuple[int, int], list[FrozenTrial]] = {}
         for rung in rungs:
-            if counts_toward_total(rung) and "instance_count" in rung.params:
-                ladders.setdefault(rung.params["instance_count"], []).append(rung)
+            if counts_toward_total(rung) and "max_batch_size" in rung.params:
+                ladders.setdefault((rung.params["instance_count"], rung.params["max_batch_size"]), []).append(rung)
         for _, ladder in sorted(ladders.items()):
             if (params := _next_rung(ladder, context.space)) is not None:
                 return Proposal(params, {DELAY_RUNG_KEY: ladder[-1].user_attrs.get(DELAY_RUNG_KEY, 0) + 1})
