@@ -24,7 +24,7 @@ import pytest
 from conftest import loaded_models, model_configs, wait_for_a_reload
 from optuna.trial import TrialState
 
-from autotune.records import counted
+from autotune.records import counted, trial_params
 from autotune.triton.embedded import EmbeddedServer
 from autotune.triton.model_config import params_of
 from autotune.triton.server import ModelServer
@@ -245,13 +245,22 @@ def test_a_hung_server_is_one_line_within_a_minute_and_its_trial_is_left_for_a_r
         finally:
             os.kill(hung.pid, signal.SIGCONT)
         waited = time.monotonic() - stopped
-    assert process.returncode == 2, stderr
-    assert stderr.strip().splitlines()[-1].startswith(f"autotune: error: the Triton server at {hung.url} stopped "
-                                                      "answering")
-    assert "Traceback" not in stderr
-    assert waited < 60, "nothing waits for the server for ever, nor for a model load's timeout"
-    (left,) = [t for t in load(storage, "mlp-p95-50ms").trials if t.state == TrialState.FAIL]
-    assert "fail_reason" not in left.user_attrs, "it does not count toward --trials: a rerun measures it again"
+        assert process.returncode == 2, stderr
+        assert stderr.strip().splitlines()[-1].startswith(f"autotune: error: the Triton server at {hung.url} stopped "
+                                                          "answering")
+        assert "Traceback" not in stderr
+        assert waited < 60, "nothing waits for the server for ever, nor for a model load's timeout"
+        (left,) = [t for t in load(storage, "mlp-p95-50ms").trials if t.state == TrialState.FAIL]
+        assert "fail_reason" not in left.user_attrs, "it does not count toward --trials: a rerun measures it again"
+        # The model still runs the trial's settings once the server answers; a rerun puts back the study's base.
+        holder = ModelServer(hung.url, "mlp")
+        assert params_of(holder.running_config()) == trial_params(left)
+        rerun = autotune("optimize", "--max-p95", "50ms", "--trials", "1", "--url", hung.url, "--storage", storage,
+                         "--space", str(small_space(tmp_path)), *QUICK, cwd=tmp_path)
+        assert rerun.returncode == 0, rerun.stderr
+        assert "autotune: warning: mlp still runs trial " in rerun.stderr
+        assert params_of(holder.running_config()) == params_of(before)
+        holder.close()
 
 
 @contextlib.contextmanager
@@ -369,6 +378,27 @@ def test_ctrl_c_with_the_embedded_server_records_the_trial_and_stops_the_server_
     # The last trial (a natural crash of Triton's Python backend may have failed an earlier one, uncounted).
     interrupted = [t for t in load(storage, "mlp-p95-50ms").trials if t.state.is_finished()][-1]
     assert interrupted.state == TrialState.FAIL and interrupted.params, "the running trial, with its settings"
+
+
+def test_sigterm_while_the_embedded_server_starts_stops_it_with_its_workspace_and_is_one_line(
+    repository: Path, tmp_path: Path
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--model-repository", str(repository),
+         "--storage", f"sqlite:///{tmp_path / 'studies.db'}", *QUICK],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while "tritonserver" not in _descendants(process.pid).values():
+        assert process.poll() is None and time.monotonic() < deadline, "the server should have been started"
+        time.sleep(0.02)
+    (server,) = [pid for pid, name in _descendants(process.pid).items() if name == "tritonserver"]
+    workspace = Path(Path(f"/proc/{server}/cmdline").read_bytes().split(b"\0")[0].decode()).parents[2]
+    process.send_signal(signal.SIGTERM)  # before the server answers: no trial has started
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("autotune: error: terminated"), stderr
+    assert "Traceback" not in stderr
+    assert not _alive(server) and not workspace.exists(), "the server stops at once, and its workspace goes"
 
 
 def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune_and_the_next_clears_up(

@@ -225,6 +225,37 @@ def test_gpus_passes_sigterm_on_to_its_workers_and_exits_with_their_code(reposit
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
+def worker_on(parent: int, gpu: str) -> int | None:
+    """The process id of ``parent``'s child that sees only GPU ``gpu``, once it exists."""
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            stat = (environ.parent / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == parent and \
+                    f"CUDA_VISIBLE_DEVICES={gpu}".encode() in environ.read_bytes().split(b"\0"):
+                return int(environ.parent.name)
+        except (OSError, ValueError):  # gone meanwhile, or another user's
+            continue
+    return None
+
+
+def test_gpus_fails_as_a_shell_would_and_says_which_worker_a_signal_ended(repository: Path, tmp_path: Path) -> None:
+    storage = f"journal:{tmp_path / 'studies.log'}"
+    (tmp_path / "space.yaml").write_text("concurrency: {low: 1, high: 8}\ninstance_count: {low: 1, high: 2}\n")
+    parent = subprocess.Popen([sys.executable, "-m", "autotune", "optimize", "--gpus", "0,1", "--max-p95", "100ms",
+                               "--trials", "2", "--model-repository", str(repository), "--storage", storage,
+                               "--study", "gpus", "--space", "space.yaml", *QUICK],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (victim := worker_on(parent.pid, "1")) is None:
+        assert parent.poll() is None and time.monotonic() < deadline, "the worker on GPU 1 should have started"
+        time.sleep(0.02)
+    os.kill(victim, signal.SIGKILL)  # as the kernel's OOM killer would
+    stdout, stderr = parent.communicate(timeout=300)
+    assert parent.returncode == 128 + signal.SIGKILL, stderr
+    assert "autotune: error: the worker on GPU 1 was ended by SIGKILL; rerun to resume" in stderr
+    assert stdout.startswith("Study gpus: "), "the other worker's summary still shows"
+
+
 def test_a_worker_on_other_hardware_is_warned(triton, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     study = optuna.create_study(study_name="mixed", storage=storage, direction="maximize")

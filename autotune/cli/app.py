@@ -41,7 +41,7 @@ from autotune.search import ConcurrencySearch, SamplerName, SearchSpace, check_s
 from autotune.study.open import load_study
 from autotune.study.session import Budget, Search, tune
 from autotune.study.storage import DEFAULT_STORAGE, mask_password, open_storage
-from autotune.study.tuner import Terminated
+from autotune.study.tuner import Terminated, sigterm_interrupts
 from autotune.triton.model_config import override, to_pbtxt
 from autotune.triton.server import ModelServer, server_times
 from autotune.units import format_ms, parse_duration
@@ -66,15 +66,17 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn what the user can fix, and interruptions, into one line on stderr and an exit code."""
+    """Turn what the user can fix, and interruptions (Ctrl-C, SIGTERM, from start-up on), into one line on stderr
+    and an exit code."""
     try:
-        yield
+        with sigterm_interrupts():
+            yield
     except AutotuneError as error:
         raise _fail(str(error)) from None
     except Terminated:
-        raise _fail("terminated; the running trial was recorded as failed, rerun to resume", 143) from None
+        raise _fail("terminated; a trial cut short is recorded as failed, rerun to resume", 143) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; the running trial was recorded as failed, rerun to resume", 130) from None
+        raise _fail("interrupted; a trial cut short is recorded as failed, rerun to resume", 130) from None
 
 
 @app.command(epilog="Example: autotune optimize --url gpu-box:8001 --model resnet50 --max-p95 20ms --trials 40")

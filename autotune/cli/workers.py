@@ -36,7 +36,12 @@ def run_workers(gpus: list[str]) -> None:
         raise
     last = finished[-1]
     typer.echo(last.stdout.read() if last.stdout else "", nl=False)
-    failed = max(w.returncode for w in workers)
+    for gpu, worker in zip(gpus, workers, strict=True):
+        if worker.returncode < 0:
+            typer.echo(f"autotune: error: the worker on GPU {gpu} was ended by "
+                       f"{signal.Signals(-worker.returncode).name}; rerun to resume", err=True)
+    # A worker ended by a signal exits as a shell reports it, 128 + the signal's number.
+    failed = max(128 - w.returncode if w.returncode < 0 else w.returncode for w in workers)
     if failed:
         raise typer.Exit(failed)
 

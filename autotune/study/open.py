@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import optuna
 from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
 
 from autotune.errors import AutotuneError
-from autotune.records import MAX_P95_KEY, MODEL_KEY
+from autotune.records import BASE_CONFIG_KEY, CONFIG_KEY, MAX_P95_KEY, MODEL_KEY, trial_params
 from autotune.search.samplers import SamplerName, make_sampler
 from autotune.study.storage import mask_password, open_storage
+from autotune.triton.model_config import ModelConfig, params_of, parse_pbtxt
 
 # What a worker records about its server; a worker whose server differs from the study's is warned.
 HARDWARE_ATTRS = ("server_version", "instance_kind", "cpu")
@@ -56,3 +60,25 @@ def hardware_differences(study: optuna.Study, attrs: dict[str, object]) -> list[
     """Where this worker's server differs from the one the study was started on, as readable phrases."""
     return [f"{key} {attrs[key]} (the study has {study.user_attrs[key]})" for key in HARDWARE_ATTRS
             if key in attrs and key in study.user_attrs and attrs[key] != study.user_attrs[key]]
+
+
+class Leftover(NamedTuple):
+    """A model that still runs a trial's settings: the trial, and the config the study started from."""
+
+    trial: FrozenTrial
+    base: ModelConfig
+
+
+def left_by(study: optuna.Study, running: ModelConfig) -> Leftover | None:
+    """What a restore that did not finish left (the server hung or went away before the model was put back); None
+    where the model runs its study's base config or settings no trial had, which autotune leaves as it finds."""
+    recorded = study.user_attrs.get(BASE_CONFIG_KEY)
+    if recorded is None:
+        return None
+    base = parse_pbtxt(recorded, f"study {study.study_name}'s base config")
+    settings = params_of(running)
+    if settings == params_of(base):
+        return None
+    trial = next((t for t in study.get_trials(deepcopy=False)
+                  if CONFIG_KEY in t.user_attrs and trial_params(t) == settings), None)
+    return None if trial is None else Leftover(trial, base)

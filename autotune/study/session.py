@@ -21,7 +21,7 @@ from autotune.report.progress import TrialProgress
 from autotune.report.summary import study_note
 from autotune.search import ConcurrencySearch, SamplerName, SearchSpace, Strategy, strategy_for
 from autotune.study.objective import Objective
-from autotune.study.open import hardware_differences, open_study
+from autotune.study.open import hardware_differences, left_by, open_study
 from autotune.study.storage import failures_reported, mask_password, open_storage
 from autotune.study.tuner import Tuner
 from autotune.triton.model_config import to_pbtxt
@@ -71,6 +71,11 @@ def tune(server: ModelServer, load: LoadGenerator, space: SearchSpace, *, study_
                      **server.server_info(), **(hardware or {})}
             opened = open_storage(storage, create=True)
             study = open_study(study_name, opened, search.seed, attrs, sampler=search.sampler)
+            if (left := left_by(study, server.original)) is not None:
+                print(f"autotune: warning: {server.model} still runs trial {left.trial.number}'s settings, as a "
+                      "restore that did not finish left it; it goes back to the config the study started from when "
+                      "this run ends", file=sys.stderr)
+                server.original = left.base
             differences = hardware_differences(study, attrs)
             if differences:
                 print(f"autotune: warning: this worker's server differs from the study's: {'; '.join(differences)}. "

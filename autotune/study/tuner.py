@@ -7,9 +7,10 @@ workers, heartbeats, SIGTERM, this worker's timeout and patience, and the re-mea
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -36,6 +37,17 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` within the block, so that it unwinds as Ctrl-C does (a server starting up is
+    stopped, a running trial recorded); the handler before it is put back after."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @dataclass
 class Tuner:
     """Runs the trials of one study, proposed by ``strategy``, measured by ``objective``."""
@@ -55,8 +67,7 @@ class Tuner:
         """
         queue = TrialQueue(self.study, self.storage, n_trials, self.propose)
         started = time.monotonic()
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-        try:
+        with sigterm_interrupts():
             while (trial := queue.claim()) is not None:
                 with queue.heartbeat(trial):
                     finished = self._tell(trial)
@@ -66,8 +77,6 @@ class Tuner:
                     return f"stopped after {time.monotonic() - started:.0f} s, the --timeout"
                 if patience is not None and trials_since_best(self.study) >= patience:
                     return f"stopped: {patience} trials in a row brought no improvement (--patience)"
-        finally:
-            signal.signal(signal.SIGTERM, previous)
         return None
 
     def propose(self) -> Proposal:

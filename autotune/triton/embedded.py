@@ -130,7 +130,11 @@ class EmbeddedServer:
         return self._process.pid if self._process is not None else None
 
     def __enter__(self) -> EmbeddedServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: no server outlives autotune, nor its workspace
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
