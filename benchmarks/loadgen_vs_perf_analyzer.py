@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from ranking import print_ranking, ranking
+from ranking import RANKING_STABILITY, print_ranking, ranking
 
 from autotune import LoadGenerator, LoadSettings, Measurement, ModelServer, ServerParams, apply
 
@@ -118,7 +118,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repository = _repository(Path(tmp) / "model_repository")
         with _server(repository, server_cores) as url:
-            tool = _PerfAnalyzer(perf_analyzer, environment, url, Path(tmp))
+            stability = RANKING_STABILITY if args.part == "ranking" else 10
+            tool = _PerfAnalyzer(perf_analyzer, environment, url, Path(tmp), stability)
             rows = _agreement(url, tool) if args.part in ("all", "agreement") else []
             rates = _max_rate(url, tool) if args.part in ("all", "rate") else []
             overheads = _overhead(url, tool) if args.part in ("all", "overhead") else []
@@ -152,8 +153,9 @@ def _server(repository: Path, cores: list[int]) -> Iterator[str]:
 
 
 class _PerfAnalyzer:
-    def __init__(self, binary: Path, environment: dict[str, str], url: str, tmp: Path) -> None:
+    def __init__(self, binary: Path, environment: dict[str, str], url: str, tmp: Path, stability: int = 10) -> None:
         self.binary, self.environment, self.url, self.csv = binary, environment, url, tmp / "perf.csv"
+        self.stability = stability  # percent: its last three windows within this much of their mean
 
     def measure(self, model: str, concurrency: int) -> tuple[float, float]:
         """Throughput (infer/s) and p95 (ms) at one concurrency.
@@ -164,7 +166,8 @@ class _PerfAnalyzer:
         for max_trials in (SETTINGS.max_windows, 2 * SETTINGS.max_windows):
             command = [str(self.binary), "-m", model, "-u", self.url, "-i", "grpc", "--percentile=95",
                        "--concurrency-range", str(concurrency), "--measurement-interval", str(WINDOW_MS),
-                       "--stability-percentage", "10", "--max-trials", str(max_trials), "-f", str(self.csv)]
+                       "--stability-percentage", str(self.stability), "--max-trials", str(max_trials),
+                       "-f", str(self.csv)]
             done = subprocess.run(command, env=self.environment, capture_output=True, text=True, timeout=600)
             if done.returncode == 0:
                 with self.csv.open() as file:

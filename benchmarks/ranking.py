@@ -34,6 +34,9 @@ RANKED: dict[str, Callable[[int], ServerParams]] = {
 }
 LEVELS = (1, 2, 4, 8, 16, 32)
 KNEE = 0.05
+# perf_analyzer's stability rule here, as in study_speed.py's yardstick: at its default of 10 % most points of a
+# knee sweep ran to their window cap and were asked again, and the part took over an hour.
+RANKING_STABILITY = 25
 
 
 class Tool(Protocol):

@@ -43,8 +43,10 @@ import model_analyzer
 import yaml
 from loadgen_vs_perf_analyzer import install_perf_analyzer
 from search_efficiency import Grid
+from tritonclient.utils import InferenceServerException
 
 from autotune import EmbeddedServer, ModelServer, ServerParams, apply
+from autotune.errors import AutotuneError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "benchmarks" / "profiles"
@@ -220,25 +222,49 @@ class Score:
 
 
 def _remeasure(repository: Path, picks: list[Pick], rounds: int, tmp: Path) -> dict[str, Score]:
-    """Each pick's perf_analyzer runs, round-robin."""
+    """Each pick's perf_analyzer runs, round-robin. A run during which the server crashed (Triton's Python backend
+    does, now and then, under load) is taken again once on a fresh server, so that one crash costs one run."""
     binary, environment = install_perf_analyzer(None)
     runs: dict[str, list[tuple[float, float]]] = {p.key: [] for p in picks if p.config}
-    with EmbeddedServer(repository) as embedded:
-        for _ in range(rounds):
-            for pick in picks:
-                if not pick.config:
-                    continue
-                server = ModelServer(embedded.url, pick.model)
-                server.apply(apply(server.original, ServerParams.from_dict(pick.config)))
-                runs[pick.key].append(_perf(binary, environment, embedded.url, pick, tmp / "perf.csv"))
-                server.restore()
-                server.close()
+    embedded = EmbeddedServer(repository)
+    embedded.start()
+    try:
+        for round_ in range(rounds):
+            for pick in (p for p in picks if p.config):
+                for attempt in range(2):
+                    try:
+                        reading = _run_once(binary, environment, embedded.url, pick, tmp)
+                        break
+                    except (AutotuneError, InferenceServerException) as error:
+                        print(f"  the server failed measuring {pick.model} {pick.code} {pick.seed} ({error}); "
+                              f"{'measuring again on a fresh one' if attempt == 0 else 'no figure'}", flush=True)
+                        embedded.stop()
+                        embedded = EmbeddedServer(repository)
+                        embedded.start()
+                        reading = (float("nan"), float("inf"))
+                runs[pick.key].append(reading)
+                print(f"  round {round_ + 1}: {pick.model} {pick.code} {pick.seed} at {pick.concurrency}: "
+                      f"{reading[0]:.0f} infer/s, p95 {reading[1]:.2f} ms", flush=True)
+    finally:
+        embedded.stop()
     scores = {}
     for key, values in runs.items():
-        throughputs = [t for t, _ in values]
+        throughputs = [t for t, _ in values if t == t] or [float("nan")]  # NaN: perf_analyzer gave no figure
         scores[key] = Score(statistics.median(throughputs), min(throughputs), max(throughputs),
                             sum(p95 <= float(key.split("|")[2]) for _, p95 in values), len(values))
     return scores
+
+
+def _run_once(binary: Path, environment: dict[str, str], url: str, pick: Pick, tmp: Path) -> tuple[float, float]:
+    """One perf_analyzer run of ``pick`` with its config loaded, the model put back after."""
+    server = ModelServer(url, pick.model)
+    try:
+        server.apply(apply(server.original, ServerParams.from_dict(pick.config or {})))
+        reading = _perf(binary, environment, url, pick, tmp / "perf.csv")
+        server.restore()
+        return reading
+    finally:
+        server.close()
 
 
 def _perf(binary: Path, environment: dict[str, str], url: str, pick: Pick, csv_path: Path) -> tuple[float, float]:
