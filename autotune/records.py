@@ -31,6 +31,7 @@ MAX_P95_KEY = "max_p95_ms"
 BASE_CONFIG_KEY = "base_config"  # the model's config.pbtxt as the server ran it before tuning
 BASELINE_SUMMARY_KEY = "baseline"  # the baseline trial's figures, for the dashboard's study page
 CONFIRMED_KEY = "confirmed"  # the last re-measurement of the top trials and its winner
+RESTORE_PENDING_KEY = "restore_pending"  # the server whose model a restore did not put back (None once it did)
 # optuna-dashboard reads feasibility only from this list-valued system attribute; Optuna's samplers read it too.
 CONSTRAINTS_KEY = "constraints"
 # The winner's curse: the best of many noisy measurements is flattered. The top few are measured again.

@@ -24,9 +24,11 @@ import pytest
 from conftest import loaded_models, model_configs, wait_for_a_reload
 from optuna.trial import TrialState
 
-from autotune.records import counted, trial_params
+from autotune.params import ServerParams
+from autotune.records import BASE_CONFIG_KEY, CONFIG_KEY, RESTORE_PENDING_KEY, counted, trial_params
+from autotune.study.open import left_by
 from autotune.triton.embedded import EmbeddedServer
-from autotune.triton.model_config import params_of
+from autotune.triton.model_config import apply, params_of, read_pbtxt, to_pbtxt
 from autotune.triton.server import ModelServer
 
 MEASURE = ["--window", "0.3s", "--warmup", "0.2s", "--max-windows", "3"]
@@ -260,7 +262,26 @@ def test_a_hung_server_is_one_line_within_a_minute_and_its_trial_is_left_for_a_r
         assert rerun.returncode == 0, rerun.stderr
         assert "autotune: warning: mlp still runs trial " in rerun.stderr
         assert params_of(holder.running_config()) == params_of(before)
+        assert load(storage, "mlp-p95-50ms").user_attrs[RESTORE_PENDING_KEY] is None, "and says it is done"
         holder.close()
+
+
+def test_a_rerun_puts_back_only_what_a_restore_that_did_not_finish_left() -> None:
+    base = read_pbtxt(Path(__file__).resolve().parent.parent / "model_repository/mlp/config.pbtxt")
+    settings = ServerParams(dynamic_batching=True, max_batch_size=8, max_queue_delay_microseconds=500,
+                            preferred_batch_size=(8,), instance_count=2)
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(BASE_CONFIG_KEY, to_pbtxt(base))
+    trial = study.ask()
+    trial.set_user_attr(CONFIG_KEY, settings.as_dict())
+    study.tell(trial, 1000.0)
+    running = apply(base, settings)
+    assert left_by(study, running, "127.0.0.1:8001") is None, "a trial's settings the user deployed are theirs"
+    study.set_user_attr(RESTORE_PENDING_KEY, "127.0.0.1:8001")
+    left = left_by(study, running, "127.0.0.1:8001")
+    assert left is not None and left.trial.number == 0 and params_of(left.base) == params_of(base)
+    assert left_by(study, running, "127.0.0.1:9001") is None, "another server's model was put back"
+    assert left_by(study, base, "127.0.0.1:8001") is None, "the model already runs the config the study began from"
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from autotune.errors import AutotuneError
-from autotune.records import BASE_CONFIG_KEY, CONFIG_KEY, MAX_P95_KEY, MODEL_KEY, trial_params
+from autotune.records import BASE_CONFIG_KEY, CONFIG_KEY, MAX_P95_KEY, MODEL_KEY, RESTORE_PENDING_KEY, trial_params
 from autotune.search.samplers import SamplerName, make_sampler
 from autotune.study.storage import mask_password, open_storage
 from autotune.triton.model_config import ModelConfig, params_of, parse_pbtxt
@@ -69,11 +69,12 @@ class Leftover(NamedTuple):
     base: ModelConfig
 
 
-def left_by(study: optuna.Study, running: ModelConfig) -> Leftover | None:
-    """What a restore that did not finish left (the server hung or went away before the model was put back); None
-    where the model runs its study's base config or settings no trial had, which autotune leaves as it finds."""
+def left_by(study: optuna.Study, running: ModelConfig, url: str) -> Leftover | None:
+    """What a restore that did not finish left on the server at ``url`` (it hung or went away before the model was
+    put back, and the study says so); None where the model runs anything else, such as a winner the user deployed,
+    which autotune leaves as it finds it."""
     recorded = study.user_attrs.get(BASE_CONFIG_KEY)
-    if recorded is None:
+    if recorded is None or study.user_attrs.get(RESTORE_PENDING_KEY) != url:
         return None
     base = parse_pbtxt(recorded, f"study {study.study_name}'s base config")
     settings = params_of(running)

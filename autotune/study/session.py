@@ -3,6 +3,7 @@ model put back as the server had it, whatever happens."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -16,7 +17,7 @@ from rich.console import Console
 
 from autotune.load.loop import LoadGenerator
 from autotune.load.policy import Meter
-from autotune.records import BASE_CONFIG_KEY, CONFIRM_TOP, StudySettings
+from autotune.records import BASE_CONFIG_KEY, CONFIRM_TOP, RESTORE_PENDING_KEY, StudySettings
 from autotune.report.progress import TrialProgress
 from autotune.report.summary import study_note
 from autotune.search import ConcurrencySearch, SamplerName, SearchSpace, Strategy, strategy_for
@@ -65,13 +66,14 @@ def tune(server: ModelServer, load: LoadGenerator, space: SearchSpace, *, study_
     worker = {"worker_host": socket.gethostname(), "server_url": server.url,
               "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "none")}
     limit_ms = settings.max_p95_ms
+    study: optuna.Study | None = None
     with failures_reported(storage):
         try:
             attrs = {**settings.as_attrs(), "space": space.source, BASE_CONFIG_KEY: to_pbtxt(server.original),
                      **server.server_info(), **(hardware or {})}
             opened = open_storage(storage, create=True)
             study = open_study(study_name, opened, search.seed, attrs, sampler=search.sampler)
-            if (left := left_by(study, server.original)) is not None:
+            if (left := left_by(study, server.original, server.url)) is not None:
                 print(f"autotune: warning: {server.model} still runs trial {left.trial.number}'s settings, as a "
                       "restore that did not finish left it; it goes back to the config the study started from when "
                       "this run ends", file=sys.stderr)
@@ -99,6 +101,24 @@ def tune(server: ModelServer, load: LoadGenerator, space: SearchSpace, *, study_
             finally:
                 save_note(study, study_note(study))
         finally:
-            server.restore()
-            server.close()
+            _put_back(server, study)
+    assert study is not None  # set, or tune raised
     return study
+
+
+def _put_back(server: ModelServer, study: optuna.Study | None) -> None:
+    """Restore the model. Where that fails (the server hung or went away), the study records the server, so that a
+    rerun knows that its model runs a trial's settings and not the user's (``open.left_by``)."""
+    try:
+        server.restore()
+    except BaseException:
+        if study is not None:
+            with contextlib.suppress(Exception):  # the storage may be what failed
+                study.set_user_attr(RESTORE_PENDING_KEY, server.url)
+        raise
+    else:
+        with contextlib.suppress(Exception):  # a storage that failed must not hide why the run ended
+            if study is not None and study.user_attrs.get(RESTORE_PENDING_KEY) == server.url:
+                study.set_user_attr(RESTORE_PENDING_KEY, None)
+    finally:
+        server.close()
