@@ -194,10 +194,10 @@ def test_a_signal_records_the_trial_as_failed_restores_the_model_and_a_rerun_fin
     triton: EmbeddedServer, tmp_path: Path, request: pytest.FixtureRequest,
     signum: int, code: int, message: str, database: str,
 ) -> None:
+    sqlite = f"sqlite:///{tmp_path / 'studies.db'}"
+    storage = sqlite if database == "sqlite" else request.getfixturevalue("postgres_url")  # may skip: before a load
     holder = ModelServer(triton.url, "mlp")
     before = holder.running_config()
-    sqlite = f"sqlite:///{tmp_path / 'studies.db'}"
-    storage = sqlite if database == "sqlite" else request.getfixturevalue("postgres_url")
     study_name = f"interrupted-{uuid.uuid4().hex[:8]}"
     args = [sys.executable, "-m", "autotune", "optimize", "--max-p95", "50ms", "--trials", "3", "--url", triton.url,
             "--storage", storage, "--study", study_name, "--space", str(small_space(tmp_path)), *QUICK]

@@ -1,10 +1,16 @@
-"""ModelServer against a real embedded Triton server."""
+"""ModelServer against a real embedded Triton server, and the gRPC clients it talks through."""
+
+import os
+import signal
 
 import pytest
+import tritonclient.grpc as grpcclient
 from conftest import loaded_models
 
 from autotune.errors import AutotuneError
 from autotune.params import ServerParams
+from autotune.study.tuner import Terminated, sigterm_interrupts
+from autotune.triton import client
 from autotune.triton.embedded import EmbeddedServer
 from autotune.triton.model_config import apply, params_of
 from autotune.triton.server import ConfigRejected, ModelServer
@@ -74,3 +80,20 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
 def test_statistics_count_requests_and_batches(mlp: ModelServer) -> None:
     stats = mlp.statistics()
     assert {"success_count", "execution_count", "queue_ns", "compute_infer_ns"} <= set(stats)
+
+
+def test_sigterm_while_a_client_is_built_is_raised_once_it_is_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A half-built tritonclient prints a traceback when it is collected; autotune's interruptions are one line."""
+    built: list[grpcclient.InferenceServerClient] = []
+
+    class SignalledWhileBuilt(grpcclient.InferenceServerClient):
+        def __init__(self, url: str) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            super().__init__(url)
+            built.append(self)
+
+    monkeypatch.setattr(client.grpcclient, "InferenceServerClient", SignalledWhileBuilt)
+    with sigterm_interrupts(), pytest.raises(Terminated):
+        client.connect("127.0.0.1:1")
+    assert len(built) == 1, "the client was finished before the signal was raised"
+    built[0].close()

@@ -38,13 +38,13 @@ from typing import Any, NamedTuple, TypeVar
 
 import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError
 from autotune.load.cpu import ClientCost, CpuTimes
 from autotune.load.inputs import InputSpec, build_requests, tensor_specs
 from autotune.load.windows import Measurement, Window, summarise
+from autotune.triton.client import connect
 
 try:
     from uvloop import new_event_loop
@@ -205,7 +205,7 @@ class LoadGenerator:
         return self._requests
 
     def _build_requests(self) -> list[bytes]:
-        client = grpcclient.InferenceServerClient(self.url)
+        client = connect(self.url)
         try:
             metadata = client.get_model_metadata(self.model, as_json=True, client_timeout=METADATA_TIMEOUT_S)
             config = client.get_model_config(self.model, as_json=True, client_timeout=METADATA_TIMEOUT_S)["config"]

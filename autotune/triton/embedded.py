@@ -173,10 +173,10 @@ class EmbeddedServer:
         self._wait_until_ready()
 
     def _wait_until_ready(self) -> None:
-        import tritonclient.grpc as grpcclient
+        from autotune.triton.client import connect
 
         deadline = time.monotonic() + self.startup_timeout
-        client = grpcclient.InferenceServerClient(self.url)
+        client = connect(self.url)
         try:
             while time.monotonic() < deadline:
                 if self._process is None or self._process.poll() is not None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import tritonclient.grpc as grpcclient
 from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
 from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.triton import model_config
+from autotune.triton.client import connect
 from autotune.triton.model_config import ModelConfig
 
 # A query (liveness, config, statistics) that a server does not answer within this long finds it hung: a stopped
@@ -27,7 +27,7 @@ class ConfigRejected(TrialFailed):
 
 def repository_models(url: str) -> list[str]:
     """Names of the models in the repository of the server at ``url``."""
-    client = grpcclient.InferenceServerClient(url)
+    client = connect(url)
     try:
         index = client.get_model_repository_index(as_json=True, client_timeout=QUERY_TIMEOUT_S)
         return sorted(entry["name"] for entry in index.get("models", []))
@@ -48,7 +48,7 @@ class ModelServer:
         self.model = model
         self._explain = explain
         self.load_timeout_s = load_timeout_s
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = connect(url)
         try:
             live = self._client.is_server_live(client_timeout=QUERY_TIMEOUT_S)
         except InferenceServerException as error:
