@@ -99,6 +99,20 @@ class Tuner:
         except TrialFailed:
             return self.study.tell(trial, state=TrialState.FAIL)
         except BaseException:
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._record_failed(trial)
             raise
         return self.study.tell(trial, value)
+
+    def _record_failed(self, trial: optuna.Trial) -> None:
+        """Record a trial that an interruption cut short. Ctrl-C or SIGTERM can land inside a database call and leave
+        its connection mid-query (PostgreSQL then refuses it: "connection in transaction status ACTIVE"), so where
+        the record fails, the storage's connections are replaced and it is written once more."""
+        try:
+            self.study.tell(trial, state=TrialState.FAIL)
+        except Exception:
+            engine = getattr(self.storage, "engine", None)
+            if engine is None:
+                raise
+            engine.dispose()
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # the first one did get through
+                self.study.tell(trial, state=TrialState.FAIL)
