@@ -171,13 +171,18 @@ def test_storage_passwords_never_show(postgres_url: str, triton, tmp_path: Path)
     assert ":***@" in result.stderr and ":***@" in shown[1].stdout and ":***@" in dashboard_line
 
 
+def gpus_command(repository: Path, storage: str, trials: int, cwd: Path) -> list[str]:
+    """``optimize --gpus 0,1`` on study ``gpus`` in ``storage``, with a small space written into ``cwd``."""
+    (cwd / "space.yaml").write_text("concurrency: {low: 1, high: 8}\ninstance_count: {low: 1, high: 2}\n")
+    return [sys.executable, "-m", "autotune", "optimize", "--gpus", "0,1", "--max-p95", "100ms", "--trials",
+            str(trials), "--model-repository", str(repository), "--storage", storage, "--study", "gpus",
+            "--space", "space.yaml", *QUICK]
+
+
 def test_gpus_runs_one_worker_per_gpu_on_one_study(repository: Path, tmp_path: Path) -> None:
     storage = f"journal:{tmp_path / 'studies.log'}"
-    (tmp_path / "space.yaml").write_text("concurrency: {low: 1, high: 8}\ninstance_count: {low: 1, high: 2}\n")
-    result = subprocess.run([sys.executable, "-m", "autotune", "optimize", "--gpus", "0,1", "--max-p95", "100ms",
-                             "--trials", "5", "--model-repository", str(repository), "--storage", storage,
-                             "--study", "gpus", "--space", "space.yaml", *QUICK],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(gpus_command(repository, storage, 5, tmp_path), cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     # Counted, not finished: a Triton crash under two servers on two cores fails one trial, which a new server
     # then makes up for (the warning is on stderr).
@@ -202,11 +207,8 @@ def running_with(text: str) -> list[int]:
 
 def test_gpus_passes_sigterm_on_to_its_workers_and_exits_with_their_code(repository: Path, tmp_path: Path) -> None:
     log = tmp_path / "studies.log"
-    (tmp_path / "space.yaml").write_text("concurrency: {low: 1, high: 8}\ninstance_count: {low: 1, high: 2}\n")
-    parent = subprocess.Popen([sys.executable, "-m", "autotune", "optimize", "--gpus", "0,1", "--max-p95", "100ms",
-                               "--trials", "20", "--model-repository", str(repository), "--storage", f"journal:{log}",
-                               "--study", "gpus", "--space", "space.yaml", *QUICK],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(gpus_command(repository, f"journal:{log}", 20, tmp_path), cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
 
     def gpus_measuring() -> set[str]:
@@ -240,11 +242,8 @@ def worker_on(parent: int, gpu: str) -> int | None:
 
 def test_gpus_fails_as_a_shell_would_and_says_which_worker_a_signal_ended(repository: Path, tmp_path: Path) -> None:
     storage = f"journal:{tmp_path / 'studies.log'}"
-    (tmp_path / "space.yaml").write_text("concurrency: {low: 1, high: 8}\ninstance_count: {low: 1, high: 2}\n")
-    parent = subprocess.Popen([sys.executable, "-m", "autotune", "optimize", "--gpus", "0,1", "--max-p95", "100ms",
-                               "--trials", "2", "--model-repository", str(repository), "--storage", storage,
-                               "--study", "gpus", "--space", "space.yaml", *QUICK],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(gpus_command(repository, storage, 2, tmp_path), cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while (victim := worker_on(parent.pid, "1")) is None:
         assert parent.poll() is None and time.monotonic() < deadline, "the worker on GPU 1 should have started"
