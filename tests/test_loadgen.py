@@ -25,13 +25,16 @@ from autotune.triton.embedded import EmbeddedServer
 from autotune.triton.server import ModelServer
 
 QUICK = LoadSettings(warmup_s=0.2, window_s=0.3, max_windows=4)
+# How late the event loop may close a window on a busy 2-core machine: a scheduler slice, a twentieth of a window.
+LOOP_LAG_S = 0.015
 
 
 def test_a_measurement_counts_what_the_server_served_in_its_windows(triton: EmbeddedServer) -> None:
     server = ModelServer(triton.url, "mlp")
     before = server.statistics()["success_count"]
     started = time.perf_counter()
-    # No warm-up: every request the server serves falls in a window, but for those in flight when the last closed.
+    # No warm-up: every request the server serves falls in a window, but for those in flight when the last closed
+    # and those the load sent in the moment the loop took to close it (its sleep's overshoot, the summary).
     measurement = LoadGenerator(triton.url, "mlp", replace(QUICK, warmup_s=0.0)).measure(concurrency=4)
     elapsed = time.perf_counter() - started
     served = server.statistics()["success_count"] - before
@@ -40,7 +43,7 @@ def test_a_measurement_counts_what_the_server_served_in_its_windows(triton: Embe
     assert measurement.errors == 0 and measurement.requests > 10
     assert MIN_WINDOWS <= measurement.windows <= QUICK.max_windows
     assert 0 < measurement.p50_ms <= measurement.p90_ms <= measurement.p95_ms <= measurement.p99_ms
-    assert measurement.requests <= served <= measurement.requests + 4
+    assert measurement.requests <= served <= measurement.requests + 4 + measurement.throughput * LOOP_LAG_S
     # Its windows last at least their length each, and no longer than the whole call.
     assert served / elapsed <= measurement.throughput <= served / (measurement.windows * QUICK.window_s)
 
