@@ -36,10 +36,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import model_analyzer
+import optuna
 import yaml
 from loadgen_vs_perf_analyzer import install_perf_analyzer
 from search_efficiency import Grid
@@ -47,6 +48,8 @@ from tritonclient.utils import InferenceServerException
 
 from autotune import EmbeddedServer, ModelServer, ServerParams, apply
 from autotune.errors import AutotuneError
+from autotune.records import CONFIG_KEY, CONFIRMED_KEY, MAX_P95_KEY
+from autotune.study.confirm import Run, crown, final
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "benchmarks" / "profiles"
@@ -62,7 +65,9 @@ PA_STABILITY = 25
 class Pick:
     """One study's outcome: who ran it, how long it took, and the config and concurrency it chose."""
 
-    code: str  # "new", "old", "maq"/"mao" (Model Analyzer's quick/optuna mode), or "grid" (from the exhaustive grid)
+    # "new", "old", "maq"/"mao" (Model Analyzer's quick/optuna mode), "grid" (from the exhaustive grid), or "r2"
+    # (a new study's crown had its re-measurement stopped after 2 rounds, ``--crown-after``)
+    code: str
     commit: str
     model: str
     max_p95_ms: float
@@ -90,6 +95,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="perf_analyzer re-measurements of each pick")
     parser.add_argument("--fresh", action="store_true", help="measure every study again, ignoring the cache")
     parser.add_argument("--grid-top", type=int, default=2, help="best grid configs re-measured beside the picks")
+    parser.add_argument("--crown-after", type=int, default=0, metavar="ROUNDS",
+                        help="also re-measure the config a new study would have crowned after this many rounds of "
+                        "its re-measurement, where that differs from its crown (code r<ROUNDS>)")
     args = parser.parse_args()
     cache = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
     new_commit = _commit("HEAD")
@@ -116,6 +124,10 @@ def main() -> int:
                 print(f"  {model} {code} seed {seed}: {pick.wall_s:.0f} s, pick {pick.config} at "
                       f"{pick.concurrency} ({pick.measured} infer/s by the study)", flush=True)
                 picks.append(pick)
+                if code == "new" and args.crown_after and (sooner := _crowned_after(pick, args.crown_after)):
+                    print(f"  {model} seed {seed} after {args.crown_after} rounds of re-measurement: "
+                          f"{sooner.config} at {sooner.concurrency}", flush=True)
+                    picks.append(sooner)
             picks += _grid_references(model, args.max_p95, args.grid_top)
         subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=False)
         scores = _remeasure(repository, picks, args.rounds, Path(tmp))
@@ -166,6 +178,28 @@ def _study(code: str, commit: str, tree: Path, repository: Path, model: str, lim
     return Pick(code, commit, model, limit_ms, seed, round(wall_s, 1), best.get("config"),
                 best.get("deploy_concurrency", best.get("concurrency")), best.get("throughput"),
                 datetime.date.today().isoformat())
+
+
+def _crowned_after(pick: Pick, rounds: int) -> Pick | None:
+    """The config ``pick``'s study would have crowned had its re-measurement stopped after ``rounds`` rounds, where
+    that is another: the same study's two crowns, side by side under perf_analyzer."""
+    storage = STUDIES / f"{pick.commit}-{pick.model}-{pick.max_p95_ms:g}ms-{pick.seed}.db"
+    if not storage.exists():
+        return None
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{storage}")
+    confirmed = study.user_attrs.get(CONFIRMED_KEY)
+    if not confirmed:
+        return None
+    runs = {t["trial"]: [Run(throughput, float("inf") if p95 is None else p95, errors, concurrency)
+                         for throughput, p95, errors, concurrency
+                         in zip(t["throughput"], t["p95_ms"], t["errors"], t["concurrency"], strict=True)][:rounds]
+            for t in confirmed["trials"]}
+    winner = crown(runs, confirmed[MAX_P95_KEY])
+    if winner == confirmed["winner"]:
+        return None
+    return replace(pick, code=f"r{rounds}", commit=f"{pick.commit}-r{rounds}",
+                   config=study.trials[winner].user_attrs[CONFIG_KEY],
+                   concurrency=final(runs[winner])[0].concurrency, measured=None)
 
 
 def _model_analyzer(code: str, commit: str, repository: Path, model: str, limit_ms: float, tmp: Path) -> Pick:
