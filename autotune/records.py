@@ -34,8 +34,10 @@ CONFIRMED_KEY = "confirmed"  # the last re-measurement of the top trials and its
 RESTORE_PENDING_KEY = "restore_pending"  # the server whose model a restore did not put back (None once it did)
 # optuna-dashboard reads feasibility only from this list-valued system attribute; Optuna's samplers read it too.
 CONSTRAINTS_KEY = "constraints"
-# The winner's curse: the best of many noisy measurements is flattered. The top few are measured again.
+# The winner's curse: the best of many noisy measurements is flattered. The top few are measured again, in
+# rounds; three make a median that one slowed run cannot move (with two it is their mean).
 CONFIRM_TOP = 3
+CONFIRM_ROUNDS = 3
 
 
 class TrialSource(Protocol):

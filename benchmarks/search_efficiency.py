@@ -76,6 +76,7 @@ from autotune import (
     trial_params,
 )
 from autotune.load.windows import MIN_WINDOWS, relative_error
+from autotune.records import CONFIRM_ROUNDS
 from autotune.units import format_ms, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -383,7 +384,7 @@ class Variant:
     sampler: SamplerName = "tpe"
     concurrency: ConcurrencySearch = "sweep"
     strategy: Strategy = DEFAULT_STRATEGY
-    confirm_rounds: int = 2
+    confirm_rounds: int = CONFIRM_ROUNDS
     pruning: bool = True
     startup: int = STARTUP_TRIALS
 

@@ -34,7 +34,7 @@ from autotune.cli.workers import run_workers
 from autotune.errors import AutotuneError
 from autotune.load.loop import LoadGenerator
 from autotune.load.windows import Measurement
-from autotune.records import StudySettings
+from autotune.records import CONFIRM_ROUNDS, StudySettings
 from autotune.report.dashboard import serve
 from autotune.report.summary import best_config, export, study_json, summary
 from autotune.search import ConcurrencySearch, SamplerName, SearchSpace, check_sampler
@@ -108,7 +108,7 @@ def optimize(
         min=1, help="Stop once this many trials in a row bring no better feasible throughput.")] = None,
     confirm_rounds: Annotated[int, typer.Option(
         min=0, help="At the end, measure the top 3 feasible configs this many more times each and choose the "
-        "winner on those runs (the best single measurement is flattered by noise); 0 skips.")] = 2,
+        "winner on those runs (the best single measurement is flattered by noise); 0 skips.")] = CONFIRM_ROUNDS,
     sampler: Annotated[SamplerName, typer.Option(
         help="Optuna sampler: tpe (multivariate TPE), gp (Gaussian process; needs the gp extra, PyTorch) or "
         "random (a yardstick). tpe and gp learn where the p95 limit holds; after the Triton guide's rule of thumb "

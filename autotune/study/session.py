@@ -17,7 +17,7 @@ from rich.console import Console
 
 from autotune.load.loop import LoadGenerator
 from autotune.load.policy import Meter
-from autotune.records import BASE_CONFIG_KEY, CONFIRM_TOP, RESTORE_PENDING_KEY, StudySettings
+from autotune.records import BASE_CONFIG_KEY, CONFIRM_ROUNDS, CONFIRM_TOP, RESTORE_PENDING_KEY, StudySettings
 from autotune.report.progress import TrialProgress
 from autotune.report.summary import study_note
 from autotune.search import ConcurrencySearch, SamplerName, SearchSpace, Strategy, strategy_for
@@ -56,7 +56,7 @@ class Search:
 
 
 def tune(server: ModelServer, load: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
-         settings: StudySettings, budget: Budget, search: Search = Search(), confirm_rounds: int = 2,
+         settings: StudySettings, budget: Budget, search: Search = Search(), confirm_rounds: int = CONFIRM_ROUNDS,
          quiet: bool = False, hardware: dict[str, str] | None = None) -> optuna.Study:
     """Run the study's trials on ``server``; whatever happens, the model goes back to how the server had it.
 
