@@ -2,6 +2,7 @@
 
     python benchmarks/study_speed.py [--models mlp wide_mlp gpu_like contended] [--max-p95 10] [--seeds 3]
                                      [--old REF] [--old-seeds 1] [--ma-models mlp gpu_like] [--rounds 2] [--fresh]
+                                     [--grid-top 2] [--crown-after ROUNDS]
 
 1. Studies. For each model, ``autotune optimize`` runs with its defaults (20 trials, the model's space from
    ``studies/`` or ``benchmarks/profiles/``) on an embedded server, once per seed from this checkout and from
