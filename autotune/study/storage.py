@@ -13,6 +13,7 @@ import errno
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.exceptions import StorageInternalError
@@ -22,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from autotune.errors import AutotuneError
+from autotune.interruptions import deferred_interruptions
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 JOURNAL_PREFIX = "journal:"
@@ -30,6 +32,17 @@ GRACE_PERIOD_S = 20
 _DRIVER_EXTRAS = {"postgresql": "postgres", "postgres": "postgres"}
 # What a file system says when a storage file cannot grow or be written at all.
 _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+
+
+class _JournalFile(JournalFileBackend):
+    """Optuna's journal file, whose appends Ctrl-C and SIGTERM wait for: interrupted as it lets go of its lock,
+    Optuna's lock raises ``FileNotFoundError`` instead and leaves the lock for the other workers to wait out. A lock
+    left by a killed worker is taken over after Optuna's grace period (30 s): an interruption waits that long at
+    most."""
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with deferred_interruptions():
+            super().append_logs(logs)
 
 
 def open_storage(url: str, *, create: bool) -> optuna.storages.BaseStorage:
@@ -41,7 +54,7 @@ def open_storage(url: str, *, create: bool) -> optuna.storages.BaseStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if url.startswith(JOURNAL_PREFIX):
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(_JournalFile(str(path)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are, since 2.x
             return RDBStorage(
