@@ -35,9 +35,9 @@ RESTORE_PENDING_KEY = "restore_pending"  # the server whose model a restore did 
 # optuna-dashboard reads feasibility only from this list-valued system attribute; Optuna's samplers read it too.
 CONSTRAINTS_KEY = "constraints"
 # The winner's curse: the best of many noisy measurements is flattered. The top few are measured again, in
-# rounds; three make a median that one slowed run cannot move (with two it is their mean).
+# rounds (a third round changed 2 crowns of 6 live, one for the better, one for the worse: benchmarks/README.md).
 CONFIRM_TOP = 3
-CONFIRM_ROUNDS = 3
+CONFIRM_ROUNDS = 2
 
 
 class TrialSource(Protocol):
