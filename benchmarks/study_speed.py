@@ -50,7 +50,7 @@ from tritonclient.utils import InferenceServerException
 from autotune import EmbeddedServer, ModelServer, ServerParams, apply
 from autotune.errors import AutotuneError
 from autotune.records import CONFIG_KEY, CONFIRMED_KEY, MAX_P95_KEY
-from autotune.study.confirm import Run, crown, final
+from autotune.study.confirm import Run, crown, standing
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "benchmarks" / "profiles"
@@ -200,7 +200,7 @@ def _crowned_after(pick: Pick, rounds: int) -> Pick | None:
         return None
     return replace(pick, code=f"r{rounds}", commit=f"{pick.commit}-r{rounds}",
                    config=study.trials[winner].user_attrs[CONFIG_KEY],
-                   concurrency=final(runs[winner])[0].concurrency, measured=None)
+                   concurrency=standing(runs[winner], confirmed[MAX_P95_KEY])[0].concurrency, measured=None)
 
 
 def _model_analyzer(code: str, commit: str, repository: Path, model: str, limit_ms: float, tmp: Path) -> Pick:

@@ -42,7 +42,7 @@ from autotune.search import (
     Strategy,
     check_sampler,
 )
-from autotune.study.confirm import Run, crown
+from autotune.study.confirm import Run, crown, standing
 from autotune.study.tuner import Tuner
 
 
@@ -77,9 +77,21 @@ def test_the_crown_goes_to_runs_that_held_the_limit_then_to_the_highest_median()
     assert crown({1: flattered, 2: steady, 3: faster}, max_p95_ms=10.0) == 3
     assert crown({1: flattered, 2: steady}, max_p95_ms=10.0) == 2
     assert crown({1: flattered, 2: [Run(900.0, 20.0, 0, 16), Run(900.0, 9.0, 3, 16)]}, max_p95_ms=10.0) == 1
-    # Crowned on the runs at the concurrency it was last measured at: where it held the limit.
+    # Crowned on the runs at the concurrency where it held the limit.
     moved = [Run(1500.0, 12.0, 0, 16), Run(1350.0, 9.0, 0, 13)]
     assert crown({1: moved, 2: steady}, max_p95_ms=10.0) == 1
+
+
+def test_a_batcher_moved_below_its_batch_size_is_judged_where_it_did_best() -> None:
+    # wide_mlp, batches of 16 with a 9 ms delay, live: at 16 in flight its batches fill; moved to 12 after a run at
+    # 11.3 ms, each batch waited the delay out. Trial 10's runs held at 8 in flight.
+    moved = [Run(2397.0, 9.9, 0, 16), Run(2080.0, 11.3, 0, 16), Run(756.0, 18.1, 0, 12)]
+    steady = [Run(1364.0, 11.7, 0, 11), Run(1214.0, 8.6, 0, 8), Run(1298.0, 7.6, 0, 8)]
+    assert crown({11: moved, 10: steady}, max_p95_ms=10.0) == 11
+    assert {run.concurrency for run in standing(moved, max_p95_ms=10.0)} == {16}
+    assert {run.concurrency for run in standing(steady, max_p95_ms=10.0)} == {8}
+    # Where both held as often, the most throughput.
+    assert standing([Run(1500.0, 9.0, 0, 16), Run(1350.0, 9.0, 0, 13)], max_p95_ms=10.0)[0].concurrency == 16
 
 
 def test_a_run_over_the_limit_moves_the_next_to_as_few_requests_in_flight_as_would_hold_it() -> None:

@@ -4,7 +4,7 @@ those runs rather than on its first, flattered reading.
 A sweep stands on the most requests in flight that held the limit once, so the top trials sit on the limit's edge
 and the next reading often breaks it. A run that breaks the limit moves that trial's next runs to fewer requests in
 flight, as many fewer as its p95 was over (at saturation latency grows with the requests in flight, Little's law),
-and a little more: the winner is crowned, and deployed, at the concurrency where its runs held.
+and a little more: the winner is crowned, and deployed, at the concurrency where its runs held most often.
 """
 
 from __future__ import annotations
@@ -47,20 +47,32 @@ class Run:
         return max(1, min(self.concurrency - 1, int(self.concurrency * MARGIN * max_p95_ms / self.p95_ms)))
 
 
-def final(runs: Sequence[Run]) -> list[Run]:
-    """The runs at the concurrency a trial was last measured at: the ones it is crowned on."""
-    return [run for run in runs if run.concurrency == runs[-1].concurrency]
+def standing(runs: Sequence[Run], max_p95_ms: float) -> list[Run]:
+    """The runs a trial is judged on: those at the concurrency where they held the limit most often, then read the
+    highest median throughput. Fewer requests in flight are not always better: below its batch size, a batcher
+    with a long delay waits the delay out, and its p95 rises."""
+    at: dict[int, list[Run]] = {}
+    for run in runs:
+        at.setdefault(run.concurrency, []).append(run)
+    return max(at.values(), key=lambda group: (_held(group, max_p95_ms), _median(group)))
 
 
 def crown(runs: dict[int, Sequence[Run]], max_p95_ms: float) -> int:
-    """The trial whose last runs (``final``) held the limit at least half the time, with the highest median
+    """The trial whose ``standing`` runs held the limit at least half the time, with the highest median
     throughput; when none held it, the one that held it most often."""
     def score(number: int) -> tuple[float, float]:
-        counted = final(runs[number])
-        held = sum(run.held(max_p95_ms) for run in counted) / len(counted)
-        return (min(held, 0.5), float(np.median([run.throughput for run in counted])))
+        counted = standing(runs[number], max_p95_ms)
+        return (min(_held(counted, max_p95_ms), 0.5), _median(counted))
 
     return max(runs, key=score)
+
+
+def _held(runs: Sequence[Run], max_p95_ms: float) -> float:
+    return sum(run.held(max_p95_ms) for run in runs) / len(runs)
+
+
+def _median(runs: Sequence[Run]) -> float:
+    return float(np.median([run.throughput for run in runs]))
 
 
 def confirm(study: optuna.Study, storage: BaseStorage, target: Target, meter: Meter, rounds: int) -> None:
@@ -88,7 +100,7 @@ def confirm(study: optuna.Study, storage: BaseStorage, target: Target, meter: Me
         if not run.held(max_p95_ms):
             concurrency[trial.number] = run.fewer(max_p95_ms)
     winner = next(t for t in top if t.number == crown(runs, max_p95_ms))
-    won = final(runs[winner.number])
+    won = standing(runs[winner.number], max_p95_ms)
     study.set_user_attr(CONFIRMED_KEY, {
         "winner": winner.number,
         "concurrency": won[0].concurrency,
