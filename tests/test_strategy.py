@@ -119,6 +119,22 @@ def test_a_top_trial_that_breaks_the_limit_again_is_crowned_and_deployed_where_i
     assert "the winner holds it at concurrency 11" in summary(tuner.study)
 
 
+def test_a_top_trial_that_got_slower_with_fewer_requests_in_flight_is_deployed_where_it_held() -> None:
+    load = ReadingsLoad([(2400.0, 9.5), (1300.0, 8.0),  # a batcher and no batcher, both within 10 ms at 16
+                         (2397.0, 9.9), (1290.0, 8.0),
+                         (1280.0, 8.0), (2080.0, 11.3),  # backwards: the batcher breaks the limit, moves to 12 ...
+                         (756.0, 18.1), (1300.0, 8.0)])  # ... where each batch waits out its delay
+    tuner = make_tuner(FakeTarget(), load, max_p95_ms=10.0)
+    for instances in (1, 2):
+        tuner.study.enqueue_trial({**NO_BATCHING, "instance_count": instances, "concurrency": 16})
+    tuner.optimize(2)
+    tuner.confirm(rounds=3)
+    confirmed = tuner.study.user_attrs["confirmed"]
+    assert confirmed["trials"][0]["concurrency"] == [16, 16, 12]
+    assert confirmed["winner"] == 0 and confirmed["concurrency"] == 16
+    assert "the winner holds it at concurrency 16, where its runs held it most often" in summary(tuner.study)
+
+
 def test_the_top_trials_are_measured_again_in_alternating_order_so_drift_weighs_on_all_alike() -> None:
     load = ReadingsLoad([(1000.0, 5.0), (900.0, 5.0), (800.0, 5.0),  # three configs, best first
                          (11.0, 5.0), (12.0, 5.0), (13.0, 5.0), (14.0, 5.0), (15.0, 5.0), (16.0, 5.0)])

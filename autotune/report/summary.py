@@ -124,10 +124,10 @@ def confirmation(study: optuna.Study) -> list[str]:
         at = f" at concurrency {', '.join(map(str, moved))}" if len(set(moved)) > 1 else ""
         lines.append(f"  trial {run['trial']:>3}: first {run['first'][0]:.1f} infer/sec, again median {median:.1f} "
                      f"(±{spread:.0%}){at}; p95 {p95} ms; held the limit {held} of {len(throughput)}{mark}")
-    if "concurrency" in confirmed and any(run["trial"] == confirmed["winner"] and
-                                          run["concurrency"][0] != confirmed["concurrency"] for run in runs):
+    if "concurrency" in confirmed and any(run["trial"] == confirmed["winner"] and len(set(run["concurrency"])) > 1
+                                          for run in runs):
         lines.append(f"  A run over the limit moves that trial's next runs to fewer requests in flight: the winner "
-                     f"holds it at concurrency {confirmed['concurrency']}.")
+                     f"holds it at concurrency {confirmed['concurrency']}, where its runs held it most often.")
     return lines
 
 
