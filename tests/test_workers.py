@@ -207,7 +207,9 @@ def running_with(text: str) -> list[int]:
 
 def test_gpus_passes_sigterm_on_to_its_workers_and_exits_with_their_code(repository: Path, tmp_path: Path) -> None:
     log = tmp_path / "studies.log"
-    parent = subprocess.Popen(gpus_command(repository, f"journal:{log}", 20, tmp_path), cwd=tmp_path,
+    # Trials of this space take about a second: enough of them that one worker cannot finish the study before the
+    # other's server is up (20 once took one worker 22 s on a busy machine, alone).
+    parent = subprocess.Popen(gpus_command(repository, f"journal:{log}", 500, tmp_path), cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
 
