@@ -102,14 +102,20 @@ def test_a_run_over_the_limit_moves_the_next_to_as_few_requests_in_flight_as_wou
     assert Run(0.0, math.inf, 5, 16).fewer(max_p95_ms=10.0) == 16, "errors say nothing of the concurrency"
 
 
-def test_a_top_trial_that_breaks_the_limit_again_is_crowned_and_deployed_where_it_held() -> None:
-    load = ReadingsLoad([(2000.0, 9.5), (1500.0, 8.0),  # two configs, both within a 10 ms limit at 16
-                         (1900.0, 12.5), (1450.0, 8.0),  # again: the better one now breaks it ...
-                         (1480.0, 8.0), (1800.0, 9.0)])  # ... and, backwards, holds it at 16 x 0.9 x 10 / 12.5 = 11
+def two_configs_at_16(load: ReadingsLoad) -> Tuner:
+    """Two configs measured at 16 in flight under a 10 ms limit, to be measured again; ``load`` scripts readings."""
     tuner = make_tuner(FakeTarget(), load, max_p95_ms=10.0)
     for instances in (1, 2):
         tuner.study.enqueue_trial({**NO_BATCHING, "instance_count": instances, "concurrency": 16})
     tuner.optimize(2)
+    return tuner
+
+
+def test_a_top_trial_that_breaks_the_limit_again_is_crowned_and_deployed_where_it_held() -> None:
+    load = ReadingsLoad([(2000.0, 9.5), (1500.0, 8.0),  # two configs, both within a 10 ms limit at 16
+                         (1900.0, 12.5), (1450.0, 8.0),  # again: the better one now breaks it ...
+                         (1480.0, 8.0), (1800.0, 9.0)])  # ... and, backwards, holds it at 16 x 0.9 x 10 / 12.5 = 11
+    tuner = two_configs_at_16(load)
     tuner.confirm(rounds=2)
     confirmed = tuner.study.user_attrs["confirmed"]
     assert confirmed["winner"] == 0 and confirmed["concurrency"] == 11
@@ -120,14 +126,11 @@ def test_a_top_trial_that_breaks_the_limit_again_is_crowned_and_deployed_where_i
 
 
 def test_a_top_trial_that_got_slower_with_fewer_requests_in_flight_is_deployed_where_it_held() -> None:
-    load = ReadingsLoad([(2400.0, 9.5), (1300.0, 8.0),  # a batcher and no batcher, both within 10 ms at 16
+    load = ReadingsLoad([(2400.0, 9.5), (1300.0, 8.0),  # the first reads as a batcher with a long delay would
                          (2397.0, 9.9), (1290.0, 8.0),
                          (1280.0, 8.0), (2080.0, 11.3),  # backwards: the batcher breaks the limit, moves to 12 ...
                          (756.0, 18.1), (1300.0, 8.0)])  # ... where each batch waits out its delay
-    tuner = make_tuner(FakeTarget(), load, max_p95_ms=10.0)
-    for instances in (1, 2):
-        tuner.study.enqueue_trial({**NO_BATCHING, "instance_count": instances, "concurrency": 16})
-    tuner.optimize(2)
+    tuner = two_configs_at_16(load)
     tuner.confirm(rounds=3)
     confirmed = tuner.study.user_attrs["confirmed"]
     assert confirmed["trials"][0]["concurrency"] == [16, 16, 12]
