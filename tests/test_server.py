@@ -8,8 +8,8 @@ import tritonclient.grpc as grpcclient
 from conftest import loaded_models
 
 from autotune.errors import AutotuneError
+from autotune.interruptions import Terminated, sigterm_interrupts
 from autotune.params import ServerParams
-from autotune.study.tuner import Terminated, sigterm_interrupts
 from autotune.triton import client
 from autotune.triton.embedded import EmbeddedServer
 from autotune.triton.model_config import apply, params_of

@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autotune.interruptions import Terminated, sigterm_interrupts
 from autotune.study.storage import open_storage
-from autotune.study.tuner import Terminated, sigterm_interrupts
 
 
 def test_sigterm_as_a_worker_lets_go_of_the_journals_lock_is_raised_once_it_has(

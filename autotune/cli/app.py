@@ -32,6 +32,7 @@ from autotune.cli.options import (
 from autotune.cli.servers import choose_model, cpu, restarting_crashed_servers, serving
 from autotune.cli.workers import run_workers
 from autotune.errors import AutotuneError
+from autotune.interruptions import Terminated, sigterm_interrupts
 from autotune.load.loop import LoadGenerator
 from autotune.load.windows import Measurement
 from autotune.records import CONFIRM_ROUNDS, StudySettings
@@ -41,7 +42,6 @@ from autotune.search import ConcurrencySearch, SamplerName, SearchSpace, check_s
 from autotune.study.open import load_study
 from autotune.study.session import Budget, Search, tune
 from autotune.study.storage import DEFAULT_STORAGE, mask_password, open_storage
-from autotune.study.tuner import Terminated, sigterm_interrupts
 from autotune.triton.model_config import override, to_pbtxt
 from autotune.triton.server import ModelServer, server_times
 from autotune.units import format_ms, parse_duration

@@ -13,6 +13,7 @@ import typer
 from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError
+from autotune.interruptions import held
 from autotune.triton.embedded import EmbeddedServer, EmbeddedServerCrashed
 from autotune.triton.server import QUERY_TIMEOUT_S, repository_models
 
@@ -24,14 +25,17 @@ T = TypeVar("T")
 
 @contextlib.contextmanager
 def serving(url: str | None, model_repository: Path) -> Iterator[tuple[str, EmbeddedServer | None]]:
-    """The server to work on: ``url``, or an embedded one. Losing it mid-run is one line, with its log if ours."""
+    """The server to work on: ``url``, or an embedded one. Losing it mid-run is one line, with its log if ours.
+
+    While it is in use, Ctrl-C and SIGTERM are raised at the run's safe points only (``interruptions.held``).
+    """
     if url is not None:
-        with _lost_server(url, None):
+        with held(), _lost_server(url, None):
             yield url, None
         return
     if not model_repository.is_dir():
         raise AutotuneError(f"model repository {model_repository} is not a directory")
-    with EmbeddedServer(model_repository) as embedded, _lost_server(embedded.url, embedded):
+    with held(), EmbeddedServer(model_repository) as embedded, _lost_server(embedded.url, embedded):
         yield embedded.url, embedded
 
 

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -41,6 +42,7 @@ import numpy as np
 from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError
+from autotune.interruptions import safe_point
 from autotune.load.cpu import ClientCost, CpuTimes
 from autotune.load.inputs import InputSpec, build_requests, tensor_specs
 from autotune.load.windows import Measurement, Window, summarise
@@ -288,6 +290,7 @@ class LoadGenerator:
                 boundary += settings.window_s
                 await asyncio.sleep(max(0.0, boundary - time.perf_counter()))
                 parts += collect(boundary)
+                safe_point()
             windows.append(Window(np.concatenate([p.latencies for p in parts]), sum(p.errors for p in parts),
                                    next((p.first_error for p in parts if p.first_error), ""), boundary - opened))
             so_far = replace(summarise(concurrency, windows, settings.stability), warmup_s=warm.at - started)
@@ -320,6 +323,7 @@ async def _warm_up(collect: Collect, started: float, longest_s: float) -> _Warm:
         boundary = min(boundary + WARMUP_SLICE_S, started + longest_s)
         await asyncio.sleep(max(0.0, boundary - time.perf_counter()))
         parts = collect(boundary)
+        safe_point()
         latencies = np.concatenate([part.latencies for part in parts])
         median = float(np.median(latencies)) if len(latencies) else math.inf
         if math.isfinite(median) and median > SETTLED_DROP * previous:
@@ -341,5 +345,6 @@ def _worker(pipe: Connection, url: str, requests: list[bytes], concurrency: int,
         finally:
             await load.close(settings.window_s)
 
-    with contextlib.suppress(EOFError, KeyboardInterrupt), asyncio.Runner(loop_factory=new_event_loop) as runner:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the controller to take, at a window's end
+    with contextlib.suppress(EOFError), asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(serve())

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from autotune.errors import AutotuneError
-from autotune.interruptions import deferred_interruptions
+from autotune.interruptions import held
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 JOURNAL_PREFIX = "journal:"
@@ -41,7 +41,7 @@ class _JournalFile(JournalFileBackend):
     most."""
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        with deferred_interruptions():
+        with held():
             super().append_logs(logs)
 
 

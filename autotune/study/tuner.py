@@ -2,17 +2,14 @@
 
 What each trial should be comes from the search strategy, asked whenever the study's queue runs empty; how it is
 measured is the ``Objective``'s business. The loop owns what lies around them: the budget shared with other
-workers, heartbeats, SIGTERM, this worker's timeout and patience, and the re-measurement at the end.
+workers, heartbeats, interruptions, this worker's timeout and patience, and the re-measurement at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 
 import numpy as np
 import optuna
@@ -20,6 +17,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import TrialFailed
+from autotune.interruptions import held, safe_point
 from autotune.records import trials_since_best
 from autotune.search import DEFAULT_STRATEGY, Context, Proposal, Strategy
 from autotune.study.confirm import confirm
@@ -27,25 +25,6 @@ from autotune.study.objective import Objective
 from autotune.study.queue import TrialQueue
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that the running trial is recorded as failed and the model restored."""
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
-
-
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises ``Terminated`` within the block, so that it unwinds as Ctrl-C does (a server starting up is
-    stopped, a running trial recorded); the handler before it is put back after."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -67,7 +46,7 @@ class Tuner:
         """
         queue = TrialQueue(self.study, self.storage, n_trials, self.propose)
         started = time.monotonic()
-        with sigterm_interrupts():
+        with held():
             while (trial := queue.claim()) is not None:
                 with queue.heartbeat(trial):
                     finished = self._tell(trial)
@@ -77,6 +56,7 @@ class Tuner:
                     return f"stopped after {time.monotonic() - started:.0f} s, the --timeout"
                 if patience is not None and trials_since_best(self.study) >= patience:
                     return f"stopped: {patience} trials in a row brought no improvement (--patience)"
+                safe_point()
         return None
 
     def propose(self) -> Proposal:
@@ -98,21 +78,7 @@ class Tuner:
             return self.study.tell(trial, state=TrialState.PRUNED)
         except TrialFailed:
             return self.study.tell(trial, state=TrialState.FAIL)
-        except BaseException:
-            self._record_failed(trial)
+        except BaseException:  # interruptions come at safe points (``held``), never in the middle of a write
+            self.study.tell(trial, state=TrialState.FAIL)
             raise
         return self.study.tell(trial, value)
-
-    def _record_failed(self, trial: optuna.Trial) -> None:
-        """Record a trial that an interruption cut short. Ctrl-C or SIGTERM can land inside a database call and leave
-        its connection mid-query (PostgreSQL then refuses it: "connection in transaction status ACTIVE"), so where
-        the record fails, the storage's connections are replaced and it is written once more."""
-        try:
-            self.study.tell(trial, state=TrialState.FAIL)
-        except Exception:
-            engine = getattr(self.storage, "engine", None)
-            if engine is None:
-                raise
-            engine.dispose()
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # the first one did get through
-                self.study.tell(trial, state=TrialState.FAIL)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import tritonclient.grpc as grpcclient
 
-from autotune.interruptions import deferred_interruptions
+from autotune.interruptions import held
 
 
 def connect(url: str) -> grpcclient.InferenceServerClient:
     """A client of the server at ``url``; an interruption while it is made is raised once it is made."""
-    with deferred_interruptions():
+    with held():
         return grpcclient.InferenceServerClient(url)

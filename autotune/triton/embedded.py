@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from autotune.errors import AutotuneError
+from autotune.interruptions import safe_point
 from autotune.triton.model_config import completes_itself
 
 _PR_SET_PDEATHSIG = 1
@@ -186,6 +187,7 @@ class EmbeddedServer:
                         return
                 except Exception:
                     pass
+                safe_point()
                 time.sleep(0.1)
         finally:
             client.close()

@@ -12,6 +12,7 @@ from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
 from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.interruptions import interruptible
 from autotune.triton import model_config
 from autotune.triton.client import connect
 from autotune.triton.model_config import ModelConfig
@@ -127,9 +128,10 @@ class ModelServer:
     def _load(self, config_json: str | None) -> None:
         try:
             if config_json is None:
-                self._client.load_model(self.model, client_timeout=self.load_timeout_s)
+                interruptible(lambda: self._client.load_model(self.model, client_timeout=self.load_timeout_s))
             else:
-                self._client.load_model(self.model, config=config_json, client_timeout=self.load_timeout_s)
+                interruptible(lambda: self._client.load_model(self.model, config=config_json,
+                                                              client_timeout=self.load_timeout_s))
         except InferenceServerException as error:
             if error.status() == "StatusCode.UNAVAILABLE":
                 raise  # the server is gone, which no other configuration mends
