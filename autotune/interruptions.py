@@ -50,13 +50,15 @@ def sigterm_interrupts() -> Iterator[None]:
 @contextlib.contextmanager
 def held() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM are noted, not raised: ``safe_point()`` raises one, and one still noted
-    when the block ends is raised then, to the handlers before it. A block within another adds nothing."""
+    when the block ends is raised then, to the handlers before it. A block within another adds nothing, and a
+    signal the process ignores stays ignored."""
     global _noted
     if _noted is not None or threading.current_thread() is not threading.main_thread():  # signals land there only
         yield
         return
     noted: list[int] = []
-    handlers = {signum: signal.signal(signum, lambda signum, _: noted.append(signum)) for signum in INTERRUPTIONS}
+    handlers = {signum: signal.signal(signum, lambda signum, _: noted.append(signum)) for signum in INTERRUPTIONS
+                if signal.getsignal(signum) is not signal.SIG_IGN}  # as a shell's background job has SIGINT
     _noted, interrupted = noted, False
     try:
         yield

@@ -7,10 +7,22 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 
 import pytest
 
 from autotune.interruptions import Terminated, held, interruptible, safe_point, sigterm_interrupts
+
+
+@pytest.fixture(autouse=True)
+def handlers_as_in_a_terminal() -> Iterator[None]:
+    """Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM ends the process, whatever the suite was started with (a
+    shell's background job has SIGINT ignored)."""
+    before = {signum: signal.signal(signum, handler) for signum, handler in
+              [(signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)]}
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
 
 
 def test_ctrl_c_within_a_held_block_lets_the_code_go_on_until_a_safe_point() -> None:
@@ -77,6 +89,15 @@ def test_a_block_within_another_leaves_its_signals_to_the_outer_blocks_safe_poin
         safe_point()
         reached.append("past the outer block's safe point")
     assert reached == ["the end of the inner block"]
+
+
+def test_a_signal_the_process_ignores_stays_ignored() -> None:
+    """As ``nohup`` or a shell's ``&`` asks: a SIGINT meant for the shell's foreground job is not autotune's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with held():
+        signal.raise_signal(signal.SIGINT)
+        safe_point()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_a_blocking_call_is_left_when_an_interruption_is_noted() -> None:
