@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -157,6 +158,17 @@ def loaded_models(url: str) -> dict[str, ServerParams]:
                 for entry in index if entry.get("state") == "READY"}
     finally:
         client.close()
+
+
+@pytest.fixture
+def handlers_as_in_a_terminal() -> Iterator[None]:
+    """Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM ends the process, whatever the suite was started with (a
+    shell's background job has SIGINT ignored)."""
+    before = {signum: signal.signal(signum, handler) for signum, handler in
+              [(signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)]}
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")

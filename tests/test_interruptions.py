@@ -7,22 +7,12 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
 from autotune.interruptions import Terminated, held, interruptible, safe_point, sigterm_interrupts
 
-
-@pytest.fixture(autouse=True)
-def handlers_as_in_a_terminal() -> Iterator[None]:
-    """Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM ends the process, whatever the suite was started with (a
-    shell's background job has SIGINT ignored)."""
-    before = {signum: signal.signal(signum, handler) for signum, handler in
-              [(signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)]}
-    yield
-    for signum, handler in before.items():
-        signal.signal(signum, handler)
+pytestmark = pytest.mark.usefixtures("handlers_as_in_a_terminal")
 
 
 def test_ctrl_c_within_a_held_block_lets_the_code_go_on_until_a_safe_point() -> None:

@@ -4,6 +4,8 @@ import asyncio
 import contextlib
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autotune.interruptions import held
 from autotune.load.cpu import ClientCost, CpuTimes
 from autotune.load.loop import (
     REQUESTS_PER_CONNECTION,
@@ -94,6 +97,21 @@ def test_stop_early_sees_each_window_and_cuts_the_point_short(triton: EmbeddedSe
     assert measurement.windows == 1
     assert len(seen) == 1
     assert seen[0].requests == measurement.requests > 0
+
+
+@pytest.mark.usefixtures("handlers_as_in_a_terminal")
+def test_ctrl_c_within_a_run_ends_a_measurement_at_its_next_window(triton: EmbeddedServer) -> None:
+    """A run notes Ctrl-C and raises it at a safe point (``interruptions.held``): a window's end, not the point's."""
+    server = ModelServer(triton.url, "mlp")
+    load = LoadGenerator(triton.url, "mlp", replace(QUICK, max_windows=40))  # 12 s, the stability rule aside
+    threading.Timer(0.5, signal.raise_signal, [signal.SIGINT]).start()
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt), held():
+        load.measure(concurrency=2, enough=lambda _: False)
+    elapsed = time.perf_counter() - started
+    server.restore()
+    server.close()
+    assert elapsed < 6, "the measurement stopped at a window's end after the signal"
 
 
 def test_a_point_lets_its_requests_in_flight_finish_instead_of_cancelling_them(triton: EmbeddedServer) -> None:

@@ -181,13 +181,12 @@ def gpus_command(repository: Path, storage: str, trials: int, cwd: Path) -> list
 
 def test_gpus_runs_one_worker_per_gpu_on_one_study(repository: Path, tmp_path: Path) -> None:
     storage = f"journal:{tmp_path / 'studies.log'}"
-    result = subprocess.run(gpus_command(repository, storage, 5, tmp_path), cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
+    # A time budget, not a few trials: a worker runs at least one trial before it looks at its clock, while a few
+    # trials can all go to the worker whose server was up first (5 of 5, run 10 of ten, 2026-12-07).
+    result = subprocess.run([*gpus_command(repository, storage, 500, tmp_path), "--timeout", "8s"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    # Counted, not finished: a Triton crash under two servers on two cores fails one trial, which a new server
-    # then makes up for (the warning is on stderr).
     trials = load(storage, "gpus").trials
-    assert counted(trials) == 5, "a free repeat of measured settings may add a trial"
     assert {t.user_attrs["gpu"] for t in trials if counts_toward_total(t)} == {"0", "1"}
     assert result.stdout.startswith("Study gpus: ")
     assert "Best config written to" in result.stdout
