@@ -56,6 +56,8 @@ class TrialQueue:
             trial = self._claim_within_budget()
             if trial is not None:
                 return trial
+            if spent + running < self.n_trials:
+                continue  # another worker claimed the queued trial first: there is room for the next one
             if self._heartbeat_s is None:
                 # Without heartbeats a dead worker's trial stays RUNNING for ever: do not wait on it.
                 return None
