@@ -127,11 +127,9 @@ class ModelServer:
 
     def _load(self, config_json: str | None) -> None:
         try:
-            if config_json is None:
-                interruptible(lambda: self._client.load_model(self.model, client_timeout=self.load_timeout_s))
-            else:
-                interruptible(lambda: self._client.load_model(self.model, config=config_json,
-                                                              client_timeout=self.load_timeout_s))
+            # config None: the repository's own config.pbtxt, as tritonclient sends no config parameter then
+            interruptible(lambda: self._client.load_model(self.model, config=config_json,
+                                                          client_timeout=self.load_timeout_s))
         except InferenceServerException as error:
             if error.status() == "StatusCode.UNAVAILABLE":
                 raise  # the server is gone, which no other configuration mends
