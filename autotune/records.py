@@ -35,9 +35,9 @@ RESTORE_PENDING_KEY = "restore_pending"  # the server whose model a restore did 
 # optuna-dashboard reads feasibility only from this list-valued system attribute; Optuna's samplers read it too.
 CONSTRAINTS_KEY = "constraints"
 # The winner's curse: the best of many noisy measurements is flattered. The top few are measured again, in
-# rounds: a third did as well or better in 6 live studies, too few yet to charge every study for it (benchmarks/).
+# rounds: three (benchmarks/README.md, the live runs of 2026-12-07).
 CONFIRM_TOP = 3
-CONFIRM_ROUNDS = 2
+CONFIRM_ROUNDS = 3
 
 
 class TrialSource(Protocol):
