@@ -82,6 +82,7 @@ def test_the_dashboard_shows_the_study_its_metrics_feasibility_and_the_best_conf
     assert float(study_attrs["max_p95_ms"]) == LIMIT_MS
     assert study_attrs["server_version"] and study_attrs["instance_kind"] == "KIND_CPU"
     assert "throughput" in study_attrs["baseline"]
+    assert detail["objective_names"] == ["infer/sec"], "the history plot names what the study maximises"
 
     study = optuna.load_study(study_name=STUDY, storage=storage)
     shown = {trial["number"]: trial for trial in detail["trials"]}

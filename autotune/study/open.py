@@ -16,6 +16,8 @@ from autotune.triton.model_config import ModelConfig, params_of, parse_pbtxt
 
 # What a worker records about its server; a worker whose server differs from the study's is warned.
 HARDWARE_ATTRS = ("server_version", "instance_kind", "cpu")
+# What the study maximises, as the dashboard and Optuna's plots label it.
+OBJECTIVE_NAME = "infer/sec"
 
 
 def open_study(name: str, storage: BaseStorage, seed: int | None, attrs: dict[str, object],
@@ -32,6 +34,8 @@ def open_study(name: str, storage: BaseStorage, seed: int | None, attrs: dict[st
     chosen = make_sampler(sampler, None if seed is None else seed + started)
     study = optuna.create_study(study_name=name, storage=storage, sampler=chosen, direction="maximize",
                                 load_if_exists=True)
+    if study.metric_names is None:  # optuna-dashboard names the objective by this, else "Objective 0"
+        study.set_metric_names([OBJECTIVE_NAME])
     for key, value in attrs.items():
         recorded = study.user_attrs.get(key)
         if recorded is None:
