@@ -116,8 +116,8 @@ def main() -> int:
     print(f"{time.strftime('%Y-%m-%d')}, {_cpu()} x {len(cores)}; server on cores {server_cores}, "
           f"clients on cores {client_cores}; windows of {WINDOW_MS} ms")
     with tempfile.TemporaryDirectory() as tmp:
-        repository = _repository(Path(tmp) / "model_repository")
-        with _server(repository, server_cores) as url:
+        repository = repository_for(Path(tmp) / "model_repository")
+        with pinned_server(repository, server_cores) as url:
             stability = RANKING_STABILITY if args.part == "ranking" else 10
             tool = _PerfAnalyzer(perf_analyzer, environment, url, Path(tmp), stability)
             rows = _agreement(url, tool) if args.part in ("all", "agreement") else []
@@ -136,7 +136,7 @@ def main() -> int:
 
 
 @contextlib.contextmanager
-def _server(repository: Path, cores: list[int]) -> Iterator[str]:
+def pinned_server(repository: Path, cores: list[int]) -> Iterator[str]:
     """An embedded server in a helper process pinned to ``cores``; it stops when its stdin closes."""
     helper = subprocess.Popen(
         [sys.executable, "-c", SERVE, str(repository)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -297,7 +297,7 @@ def _sleepy_name(sleep_ms: float) -> str:
     return f"sleep_{round(sleep_ms * 1000)}us"
 
 
-def _repository(path: Path) -> Path:
+def repository_for(path: Path) -> Path:
     shutil.copytree(ROOT / "model_repository", path)
     (path / "add_one" / "1").mkdir(parents=True)
     (path / "add_one" / "config.pbtxt").write_text(NEAR_FREE_CONFIG)

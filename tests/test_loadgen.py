@@ -20,10 +20,9 @@ from autotune.load.loop import (
     WARMUP_SLICE_S,
     LoadGenerator,
     LoadSettings,
-    _Part,
     _warm_up,
 )
-from autotune.load.windows import MIN_WINDOWS, Measurement
+from autotune.load.windows import MIN_WINDOWS, Collected, Measurement
 from autotune.triton.embedded import EmbeddedServer
 from autotune.triton.server import ModelServer
 
@@ -180,15 +179,16 @@ def test_a_warm_up_ends_at_the_first_slice_whose_latency_no_longer_falls_by_a_fi
     # Nothing as the load starts, then a reload's first slow replies, then settling.
     medians_ms = iter([math.nan, 40.0, 12.0, 9.5, 9.4, 9.4])
 
-    def collect(until: float) -> list[_Part]:
+    def collect(until: float) -> list[Collected]:
         median = next(medians_ms)
-        return [_Part(np.empty(0) if math.isnan(median) else np.full(10, median / 1e3), 0, "", CpuTimes.now())]
+        return [Collected(np.empty(0) if math.isnan(median) else np.full(10, median / 1e3), 0, "", CpuTimes.now())]
 
     started = time.perf_counter()
     ended = asyncio.run(_warm_up(collect, started, longest_s=1.0))
     assert ended.at - started == pytest.approx(4 * WARMUP_SLICE_S), "9.4 ms is within a fifth of 9.5 ms"
     started = time.perf_counter()
-    ended = asyncio.run(_warm_up(lambda until: [_Part(np.empty(0), 0, "", CpuTimes.now())], started, longest_s=0.25))
+    silent = [Collected(np.empty(0), 0, "", CpuTimes.now())]
+    ended = asyncio.run(_warm_up(lambda until: silent, started, longest_s=0.25))
     assert ended.at - started == pytest.approx(0.25), "without a reply the warm-up runs to its longest"
 
 

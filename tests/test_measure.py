@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import model_configs
 from test_cli_errors import autotune_error
 
@@ -42,6 +43,24 @@ def test_prints_one_perf_analyzer_line_per_concurrency(triton: EmbeddedServer, t
     for line, level in zip(lines, (1, 4), strict=True):
         assert re.fullmatch(rf"Concurrency: {level}, throughput: \d+\.\d infer/sec, latency p95 \d+ usec( \(.*\))?",
                             line), line
+
+
+def test_an_open_loop_prints_one_perf_analyzer_line_per_request_rate(triton: EmbeddedServer, tmp_path: Path) -> None:
+    result = measure("--url", triton.url, "--model", "mlp", "--request-rate", "100,200", "--distribution", "poisson",
+                     cwd=tmp_path)
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, rate in zip(lines, (100, 200), strict=True):
+        assert re.fullmatch(rf"Request Rate: {rate}, throughput: \d+\.\d infer/sec, latency p95 \d+ usec, "
+                            r"sent p50 \d+\.\d\d ms / p99 \d+\.\d\d ms late( \(.*\))?", line), line
+
+
+def test_an_open_loop_on_perf_analyzers_intervals_file_in_json(triton: EmbeddedServer, tmp_path: Path) -> None:
+    (tmp_path / "intervals.txt").write_text("1000\n9000\n")  # 200 requests a second, in pairs
+    (point,) = json.loads(measure("--url", triton.url, "--model", "mlp", "--request-intervals", "intervals.txt",
+                                  "--json", cwd=tmp_path).stdout)["points"]
+    assert point["concurrency"] == 0 and point["offered_rate"] == pytest.approx(200.0)
+    assert point["send_lag_p50_ms"] >= 0 and point["cap_waits"] == 0 and point["requests"] > 0
 
 
 def test_overrides_are_measured_and_the_model_is_put_back(triton: EmbeddedServer, tmp_path: Path) -> None:
@@ -99,5 +118,12 @@ def test_bad_arguments(triton: EmbeddedServer, tmp_path: Path) -> None:
         "measure", "--url", triton.url, "--model", "mlp", "--concurrency", "many", cwd=tmp_path)
     assert "--concurrency '1,100000': at most 65536 requests in flight" in autotune_error(
         "measure", "--url", triton.url, "--model", "mlp", "--concurrency", "1,100000", cwd=tmp_path)
+    assert "--request-rate '0': expected positive requests per second" in autotune_error(
+        "measure", "--url", triton.url, "--model", "mlp", "--request-rate", "0", cwd=tmp_path)
+    assert "choose --concurrency or an open loop" in autotune_error(
+        "measure", "--url", triton.url, "--model", "mlp", "--request-rate", "100", "--concurrency", "4", cwd=tmp_path)
+    (tmp_path / "intervals.txt").write_text("1000\nsoon\n")
+    assert "intervals.txt: each line must be an interval in microseconds" in autotune_error(
+        "measure", "--url", triton.url, "--model", "mlp", "--request-intervals", "intervals.txt", cwd=tmp_path)
     assert "--input-data nowhere.json: no such file" in autotune_error(
         "measure", "--url", triton.url, "--model", "mlp", "--input-data", "nowhere.json", cwd=tmp_path)

@@ -18,8 +18,12 @@ import typer
 from autotune.cli.options import (
     ClientProcesses,
     InputData,
+    MaxInFlight,
     MaxWindows,
     ModelRepository,
+    RequestDistribution,
+    RequestIntervals,
+    RequestRate,
     Shapes,
     Storage,
     StudyName,
@@ -28,15 +32,17 @@ from autotune.cli.options import (
     Window,
     concurrency_levels,
     load_options,
+    schedules,
 )
 from autotune.cli.servers import choose_model, cpu, restarting_crashed_servers, serving
 from autotune.cli.workers import run_workers
 from autotune.errors import AutotuneError
 from autotune.interruptions import Terminated, sigterm_interrupts
 from autotune.load.loop import LoadGenerator
-from autotune.load.windows import Measurement
+from autotune.load.schedule import Schedule
 from autotune.records import CONFIRM_ROUNDS, StudySettings
 from autotune.report.dashboard import serve
+from autotune.report.points import perf_line
 from autotune.report.summary import best_config, export, study_json, summary
 from autotune.search import ConcurrencySearch, SamplerName, SearchSpace, check_sampler
 from autotune.study.open import load_study
@@ -165,7 +171,12 @@ def measure(
     model: Annotated[str | None, typer.Option(
         help="Model to measure. Default: the repository's only model, or the demo model 'mlp'.")] = None,
     url: Url = None,
-    concurrency: Annotated[str, typer.Option(help="Requests in flight, one point each: 1,4,16.")] = "1,4,16",
+    concurrency: Annotated[str | None, typer.Option(
+        help="Requests in flight, one point each. Default: 1,4,16, unless an open loop is asked for.")] = None,
+    request_rate: RequestRate = None,
+    request_intervals: RequestIntervals = None,
+    distribution: RequestDistribution = "constant",
+    max_in_flight: MaxInFlight = 512,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Model-config field to change for the measurement, in text-format syntax: "
         "dynamic_batching.max_queue_delay_microseconds=2000, instance_group.count=2 (repeatable).")] = None,
@@ -177,12 +188,16 @@ def measure(
     client_processes: ClientProcesses = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of the table.")] = False,
 ) -> None:
-    """Measure a model as configured, or with --set overrides, at each concurrency, as perf_analyzer would.
+    """Measure a model as configured, or with --set overrides, at each concurrency or request rate, as perf_analyzer
+    would.
 
     Uses the same load loop as optimize. The model is put back as it was afterwards.
     """
     with one_line_errors():
-        levels = concurrency_levels(concurrency)
+        rates = schedules(request_rate, request_intervals, distribution)
+        if rates and concurrency is not None:
+            raise AutotuneError("choose --concurrency or an open loop (--request-rate, --request-intervals), not both")
+        levels = [] if rates else concurrency_levels(concurrency or "1,4,16")
         settings, inputs = load_options(window, warmup, max_windows, client_processes, shapes, input_data)
         with serving(url, model_repository) as (server_url, embedded):
             name = choose_model(server_url, model)
@@ -194,14 +209,15 @@ def measure(
                 server.apply(config)
                 load = LoadGenerator(server_url, name, settings, inputs)
                 points = []
-                for level in levels:
+                for point in rates or levels:
                     before = server.statistics()
-                    measured = load.measure(level)
+                    measured = (load.measure_rate(point, max_in_flight) if isinstance(point, Schedule)
+                                else load.measure(point))
                     points.append((measured, server_times(before, server.statistics())))
                     if not json_output:
-                        typer.echo(_perf_line(measured))
+                        typer.echo(perf_line(measured))
                     if measured.client_cost.saturated and all(not m.client_cost.saturated for m, _ in points[:-1]):
-                        typer.echo(measured.client_cost.advice(level), err=True)
+                        typer.echo(measured.client_cost.advice(measured.load), err=True)
             finally:
                 server.restore()
                 server.close()
@@ -209,17 +225,6 @@ def measure(
             typer.echo(json.dumps({"model": name, "url": server_url if embedded is None else "embedded",
                                    "config": to_pbtxt(config),
                                    "points": [{**m.as_dict(), **times} for m, times in points]}, indent=2))
-
-
-def _perf_line(measured: Measurement) -> str:
-    """One point in perf_analyzer's words, with errors and instability said where there were any."""
-    line = (f"Concurrency: {measured.concurrency}, throughput: {measured.throughput:.1f} infer/sec, "
-            f"latency p95 {measured.p95_ms * 1e3:.0f} usec")
-    if measured.errors:
-        line += f", {measured.errors} errors ({measured.first_error})"
-    if not measured.stable and not measured.errors:
-        line += f" (not stable after {measured.windows} windows)"
-    return line
 
 
 def _default_space(model: str) -> SearchSpace:

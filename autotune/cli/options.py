@@ -10,6 +10,7 @@ import typer
 from autotune.errors import AutotuneError
 from autotune.load.inputs import InputSpec, parse_shape
 from autotune.load.loop import LoadSettings
+from autotune.load.schedule import Distribution, Schedule
 from autotune.search import MAX_CONCURRENCY
 from autotune.units import parse_duration
 
@@ -33,6 +34,15 @@ InputData = Annotated[Path | None, typer.Option(
 ClientProcesses = Annotated[int, typer.Option(
     min=1, help="Client processes sharing the requests in flight; raise it when one cannot keep a fast "
     "server busy.")]
+RequestRate = Annotated[str | None, typer.Option(
+    help="Open loop instead: requests per second, one point each (500,1000,2000), sent on schedule whatever the "
+    "replies; latency counts from each request's scheduled time.")]
+RequestIntervals = Annotated[Path | None, typer.Option(
+    help="Open loop on perf_analyzer's --request-intervals file: one gap in microseconds per line, looped.")]
+RequestDistribution = Annotated[str, typer.Option(
+    "--distribution", help="How an open loop's requests are spaced: constant, or poisson (seeded, repeatable).")]
+MaxInFlight = Annotated[int, typer.Option(
+    min=1, help="An open loop's cap on requests in flight; a request due at the cap waits, and is counted.")]
 StudyName = Annotated[str | None, typer.Option("--study", help="Study name. Default: the storage's only study.")]
 Storage = Annotated[str, typer.Option(
     help="Optuna storage: sqlite:///FILE, postgresql://USER:PASSWORD@HOST/DB, mysql://..., or journal:FILE.")]
@@ -59,3 +69,23 @@ def concurrency_levels(text: str) -> list[int]:
     if max(levels) > MAX_CONCURRENCY:
         raise AutotuneError(f"--concurrency {text!r}: at most {MAX_CONCURRENCY} requests in flight")
     return levels
+
+
+def schedules(rates: str | None, intervals: Path | None, distribution: str) -> list[Schedule]:
+    """The open-loop flags as schedules, one per point; none for a closed loop."""
+    if distribution not in ("constant", "poisson"):
+        raise AutotuneError(f"--distribution {distribution!r}: expected constant or poisson")
+    if intervals is not None:
+        if rates is not None:
+            raise AutotuneError("choose --request-rate or --request-intervals, not both")
+        return [Schedule.from_file(intervals)]
+    if rates is None:
+        return []
+    try:
+        values = [float(part) for part in rates.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 < value < float("inf") for value in values):
+        raise AutotuneError(f"--request-rate {rates!r}: expected positive requests per second, e.g. 500,1000,2000")
+    chosen: Distribution = "poisson" if distribution == "poisson" else "constant"
+    return [Schedule(rate, chosen) for rate in values]

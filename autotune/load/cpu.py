@@ -51,8 +51,9 @@ class ClientCost:
     def saturated(self) -> bool:
         return self.core_share > SATURATED
 
-    def advice(self, concurrency: int) -> str:
-        """A one-line warning for a saturated client, with what to do about it."""
-        return (f"autotune: warning: the load generator used {self.core_share:.0%} of a core at concurrency "
-                f"{concurrency}, so it may read less than the server gives: spread it with --client-processes, run "
-                "it on another host (--url), or keep the server off its core (taskset)")
+    def advice(self, load: str) -> str:
+        """A one-line warning for a saturated client at ``load`` ("concurrency 16", "500 requests/s"), with what to
+        do about it."""
+        return (f"autotune: warning: the load generator used {self.core_share:.0%} of a core at {load}, so it may "
+                "read less than the server gives: spread it with --client-processes, run it on another host (--url), "
+                "or keep the server off its core (taskset)")

@@ -1,4 +1,5 @@
-"""The asyncio gRPC load loop: keeps N requests in flight and measures throughput and latency percentiles.
+"""The asyncio gRPC load loop: keeps N requests in flight and measures throughput and latency percentiles; or,
+open, sends them on a schedule (``open_loop``).
 
 It works like perf_analyzer's concurrency mode: a warm-up (ended early once latencies stop falling), then
 measurement windows on a fixed clock until the figures are known (``windows.known``: their confidence intervals
@@ -20,8 +21,8 @@ request slot would cost the client less, but it costs the server less too, and T
 crashed under streamed load (``benchmarks/README.md``). What each client process collects carries its CPU times,
 so that a measurement says what the client itself cost (``cpu.ClientCost``).
 
-The module runs past 300 lines because the load, its clock of windows and its client processes share one private
-protocol (``_Part``, ``_Warm``); apart, each would have to export it.
+The module runs past 300 lines because the closed load, its clock of windows and its client processes share
+private records (``_Closed``, ``_Open``, ``_Warm``); apart, each would have to export them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from autotune.errors import AutotuneError
 from autotune.interruptions import safe_point
 from autotune.load.cpu import ClientCost, CpuTimes
 from autotune.load.inputs import InputSpec, build_requests, tensor_specs
-from autotune.load.windows import Measurement, Window, summarise
+from autotune.load.open_loop import OpenLoad
+from autotune.load.schedule import Schedule
+from autotune.load.windows import Collected, Measurement, Window, summarise
 from autotune.triton.client import connect
 
 try:
@@ -73,16 +76,7 @@ WARMUP_SLICE_S = 0.1
 SETTLED_DROP = 0.8
 
 
-class _Part(NamedTuple):
-    """What one client process collected up to a window boundary, and the CPU it had used by then."""
-
-    latencies: np.ndarray
-    errors: int
-    first_error: str
-    cpu: CpuTimes
-
-
-Collect = Callable[[float], list[_Part]]
+Collect = Callable[[float], list[Collected]]
 
 
 @dataclass(frozen=True)
@@ -136,14 +130,14 @@ class _Load:
             self._latencies.append(end - start)
             step += 1
 
-    def collect(self, until: float) -> _Part:
+    def collect(self, until: float) -> Collected:
         """Latencies of the requests that completed by ``until`` (and are not yet collected), and errors."""
         done = np.searchsorted(self._ends, until, side="right")
         latencies = np.asarray(self._latencies[:done])
         del self._ends[:done], self._latencies[:done]
         failed = int(np.searchsorted(self._error_ends, until, side="right"))
         del self._error_ends[:failed]
-        return _Part(latencies, failed, self.first_error, CpuTimes.now())
+        return Collected(latencies, failed, self.first_error, CpuTimes.now())
 
     async def close(self, grace_s: float) -> None:
         """Send nothing more, let the requests in flight finish for up to ``grace_s``, cancel the rest."""
@@ -154,6 +148,30 @@ class _Load:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for channel in self._channels:
             await channel.close()
+
+
+@dataclass(frozen=True)
+class _Closed:
+    """A client process's share of a closed loop: this many requests in flight."""
+
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class _Open:
+    """A client process's share of an open loop: every ``parts``-th request of the schedule, from ``part`` on."""
+
+    schedule: Schedule
+    part: int
+    parts: int
+    cap: int
+
+
+def _start(url: str, requests: list[bytes], share: _Closed | _Open, settings: LoadSettings) -> _Load | OpenLoad:
+    if isinstance(share, _Open):
+        return OpenLoad(url, requests, share.schedule, share.part, share.parts, share.cap,
+                        settings.request_timeout_s, CHANNEL_OPTIONS, MODEL_INFER)
+    return _Load(url, requests, share.concurrency, settings.request_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -226,24 +244,37 @@ class LoadGenerator:
 
         ``warmup_s`` replaces the settings' warm-up, e.g. with a short settle when the server is already warm.
         """
-        requests = self.requests()
-        shares = _split(concurrency, self.settings.processes)
-        warmup = self.settings.warmup_s if warmup_s is None else warmup_s
+        shares = [_Closed(share) for share in _split(concurrency, self.settings.processes)]
         rules = _Rules(stop_early, enough or (lambda measured: measured.stable))
-        if len(shares) == 1:
-            return _run(self._measure_here(requests, concurrency, rules, warmup))
-        return self._measure_in_processes(requests, shares, rules, warmup)
+        return self._measure(shares, concurrency, rules, warmup_s)
 
-    async def _measure_here(self, requests: list[bytes], concurrency: int, rules: _Rules,
+    def measure_rate(self, schedule: Schedule, cap: int, warmup_s: float | None = None,
+                     enough: Callable[[Measurement], bool] | None = None) -> Measurement:
+        """Measure an open loop: requests sent on ``schedule`` whatever the replies, at most ``cap`` in flight.
+        The point's ``concurrency`` is 0 and its ``offered_rate`` the schedule's."""
+        parts = max(1, min(self.settings.processes, cap))
+        shares = [_Open(schedule, part, parts, -(-cap // parts)) for part in range(parts)]
+        measured = self._measure(shares, 0, _Rules(None, enough or (lambda measured: measured.stable)), warmup_s)
+        return replace(measured, offered_rate=schedule.offered_rate)
+
+    def _measure(self, shares: list[_Closed] | list[_Open], level: int, rules: _Rules,
+                 warmup_s: float | None) -> Measurement:
+        requests = self.requests()
+        warmup = self.settings.warmup_s if warmup_s is None else warmup_s
+        if len(shares) == 1:
+            return _run(self._measure_here(requests, shares[0], level, rules, warmup))
+        return self._measure_in_processes(requests, shares, level, rules, warmup)
+
+    async def _measure_here(self, requests: list[bytes], share: _Closed | _Open, level: int, rules: _Rules,
                             warmup_s: float) -> Measurement:
-        load = _Load(self.url, requests, concurrency, self.settings.request_timeout_s)
+        load = _start(self.url, requests, share, self.settings)
         try:
-            return await self._windows(concurrency, lambda until: [load.collect(until)], rules, warmup_s)
+            return await self._windows(level, lambda until: [load.collect(until)], rules, warmup_s)
         finally:
             await load.close(self.settings.window_s)
 
-    def _measure_in_processes(self, requests: list[bytes], shares: list[int], rules: _Rules,
-                              warmup_s: float) -> Measurement:
+    def _measure_in_processes(self, requests: list[bytes], shares: list[_Closed] | list[_Open], level: int,
+                              rules: _Rules, warmup_s: float) -> Measurement:
         context = multiprocessing.get_context("spawn")
         pipes = [context.Pipe() for _ in shares]
         workers = [context.Process(target=_worker, args=(child, self.url, requests, share, self.settings),
@@ -255,12 +286,12 @@ class LoadGenerator:
             for parent, _ in pipes:
                 parent.recv()  # ready: its load is running
 
-            def collect(until: float) -> list[_Part]:
+            def collect(until: float) -> list[Collected]:
                 for parent, _ in pipes:
                     parent.send(until)
                 return [parent.recv() for parent, _ in pipes]
 
-            return _run(self._windows(sum(shares), collect, rules, warmup_s))
+            return _run(self._windows(level, collect, rules, warmup_s))
         except EOFError:
             codes = ", ".join(str(worker.exitcode) for worker in workers)
             raise AutotuneError(f"a load-generator client process died (exit codes {codes})") from None
@@ -292,7 +323,8 @@ class LoadGenerator:
                 parts += collect(boundary)
                 safe_point()
             windows.append(Window(np.concatenate([p.latencies for p in parts]), sum(p.errors for p in parts),
-                                   next((p.first_error for p in parts if p.first_error), ""), boundary - opened))
+                                  next((p.first_error for p in parts if p.first_error), ""), boundary - opened,
+                                  np.concatenate([p.lags for p in parts]), sum(p.cap_waits for p in parts)))
             so_far = replace(summarise(concurrency, windows, settings.stability), warmup_s=warm.at - started)
             cost = ClientCost.between(warm.cpu, [p.cpu for p in parts[-len(warm.cpu):]], so_far.requests,
                                       boundary - warm.at)
@@ -332,11 +364,12 @@ async def _warm_up(collect: Collect, started: float, longest_s: float) -> _Warm:
     return _Warm(boundary, [part.cpu for part in parts])
 
 
-def _worker(pipe: Connection, url: str, requests: list[bytes], concurrency: int, settings: LoadSettings) -> None:
+def _worker(pipe: Connection, url: str, requests: list[bytes], share: _Closed | _Open,
+            settings: LoadSettings) -> None:
     """A client process: runs its share of the load and answers the controller's window boundaries."""
 
     async def serve() -> None:
-        load = _Load(url, requests, concurrency, settings.request_timeout_s)
+        load = _start(url, requests, share, settings)
         loop = asyncio.get_running_loop()
         pipe.send("ready")
         try:

@@ -11,16 +11,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
-from autotune.load.cpu import ClientCost
+from autotune.load.cpu import ClientCost, CpuTimes
 
 # Windows a point needs before its figures can be called known; one more gives the interval an error at all.
 MIN_WINDOWS = 2
+# An open loop kept up with its schedule where it completed at least this share of the rate it offered.
+KEPT_UP = 0.95
+# Requests that left their schedule later than this at p99 mean the client fell behind (its timers tick by 1 ms).
+CLIENT_LATE_MS = 2.0
+# What only an open loop's point has.
+_OPEN_LOOP = ("offered_rate", "send_lag_p50_ms", "send_lag_p99_ms", "cap_waits")
 # Student's t for a two-sided 90 % interval, by degrees of freedom (windows - 1); beyond the table, its last value.
 _T90 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)
+
+
+class Collected(NamedTuple):
+    """What one client process collected up to a window boundary (latencies in seconds), and the CPU it had used
+    by then; an open loop's also how late each of those requests left its schedule, in seconds, and how many
+    waited for room under its cap of requests in flight."""
+
+    latencies: np.ndarray
+    errors: int
+    first_error: str
+    cpu: CpuTimes
+    lags: np.ndarray = np.empty(0)
+    cap_waits: int = 0
 
 
 @dataclass(frozen=True)
@@ -31,7 +51,8 @@ class Measurement:
     of the figures (infinite with fewer than two windows with replies); ``warmup_s`` is how long the point warmed
     up before its windows; the ``client_`` figures are the load generator's own cost over the windows
     (``cpu.ClientCost``): CPU microseconds per request in user mode and in the kernel, and its busiest process's
-    share of one core.
+    share of one core. An open loop's point (``concurrency`` 0) also has the rate it offered, how late its requests
+    left their schedule at p50 and p99, and how many waited for room under its cap of requests in flight.
     """
 
     concurrency: int
@@ -52,9 +73,15 @@ class Measurement:
     client_user_us: float = math.nan
     client_system_us: float = math.nan
     client_core_share: float = math.nan
+    offered_rate: float = math.nan
+    send_lag_p50_ms: float = math.nan
+    send_lag_p99_ms: float = math.nan
+    cap_waits: int = 0
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The fields by name; a closed loop's without the open loop's."""
+        fields = asdict(self)
+        return fields if self.concurrency == 0 else {k: v for k, v in fields.items() if k not in _OPEN_LOOP}
 
     @property
     def client_cost(self) -> ClientCost:
@@ -63,6 +90,25 @@ class Measurement:
     def with_client_cost(self, cost: ClientCost) -> Measurement:
         return replace(self, client_user_us=cost.user_us, client_system_us=cost.system_us,
                        client_core_share=cost.core_share)
+
+    @property
+    def load(self) -> str:
+        """The load it was measured under, in words: "concurrency 16", "500 requests/s"."""
+        return f"{self.offered_rate:g} requests/s" if self.concurrency == 0 else f"concurrency {self.concurrency}"
+
+    @property
+    def fell_behind(self) -> str:
+        """Who fell behind an open loop's schedule: "the server" where requests piled up to the cap on those in
+        flight (the sends after them leave late too), "the client" where its requests left late all the same (and
+        their latencies include that), "the server" again where it completed less than the rate offered, or ""
+        where neither did, as for every closed loop."""
+        if self.cap_waits:
+            return "the server"
+        if self.send_lag_p99_ms > CLIENT_LATE_MS:
+            return "the client"
+        if self.throughput < KEPT_UP * self.offered_rate:
+            return "the server"
+        return ""
 
     @property
     def p95_interval_ms(self) -> tuple[float, float]:
@@ -79,6 +125,8 @@ class Window:
     errors: int
     first_error: str
     duration: float
+    lags: np.ndarray = field(default_factory=lambda: np.empty(0))
+    cap_waits: int = 0
 
     @property
     def throughput(self) -> float:
@@ -112,6 +160,8 @@ def summarise(concurrency: int, windows: Sequence[Window], tolerance: float) -> 
         np.percentile(latencies_ms, [50, 90, 95, 99]) if len(latencies_ms) else [float("inf")] * 4
     )
     answered = [w for w in windows if len(w.latencies)]
+    lags_ms = np.concatenate([w.lags for w in windows]) * 1e3 if windows else np.empty(0)
+    lag_p50, lag_p99 = np.percentile(lags_ms, [50, 99]) if len(lags_ms) else [math.nan] * 2
     measured = Measurement(
         concurrency=concurrency,
         throughput=len(latencies_ms) / sum(w.duration for w in windows) if windows else 0.0,
@@ -126,5 +176,8 @@ def summarise(concurrency: int, windows: Sequence[Window], tolerance: float) -> 
         first_error=next((w.first_error for w in windows if w.first_error), ""),
         throughput_error=relative_error([w.throughput for w in windows]) if answered else math.inf,
         p95_error=relative_error([w.p95 for w in answered]) if len(answered) == len(windows) else math.inf,
+        send_lag_p50_ms=float(lag_p50),
+        send_lag_p99_ms=float(lag_p99),
+        cap_waits=sum(w.cap_waits for w in windows),
     )
     return replace(measured, stable=known(measured, tolerance))

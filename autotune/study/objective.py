@@ -116,7 +116,7 @@ class Objective:
         _record(trial, measurement, before, self.target.statistics())
         if measurement.client_cost.saturated and not self._client_warned:
             self._client_warned = True
-            print(measurement.client_cost.advice(measurement.concurrency), file=sys.stderr)
+            print(measurement.client_cost.advice(measurement.load), file=sys.stderr)
         trial.set_user_attr("warmup_s", round(reading.warmup_s, 3))
         if measurement.requests == 0:
             reason = f"no request succeeded: {measurement.first_error or 'no reply within the window'}"

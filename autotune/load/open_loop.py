@@ -1,0 +1,112 @@
+"""The open-loop sender: requests leave on a schedule, never waiting for replies, as production traffic arrives.
+
+Each latency runs from the request's scheduled send time, not from when the client got round to sending it: a
+server that stalls delays the sends due during the stall, and those requests' latencies show it, where a closed
+loop would not have sent them at all (coordinated omission). Requests in flight are unbounded up to ``cap``; a
+request due while the cap is reached waits for room, and each such wait is counted. How late each request left its
+schedule is kept too, so that a point where the client, not the server, fell behind can be told apart.
+
+It has the closed loop's interface (``collect`` at window boundaries, ``close``), so the same clock of windows,
+warm-up and client processes measures both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+
+from autotune.load.cpu import CpuTimes
+from autotune.load.schedule import Schedule
+from autotune.load.windows import Collected
+
+# perf_analyzer's request-rate mode spreads its schedule over 4 threads by default (--max-threads); the open loop
+# spreads its requests over as many connections, round-robin.
+CONNECTIONS = 4
+# A send due sooner than this is sent now rather than slept for: the event loop's timers are no finer.
+SLEEP_FLOOR_S = 0.0005
+
+
+class OpenLoad:
+    """Sends ``requests`` at the schedule's times (client ``part`` of ``parts`` of it), at most ``cap`` in flight."""
+
+    def __init__(self, url: str, requests: list[bytes], schedule: Schedule, part: int, parts: int, cap: int,
+                 timeout_s: float, channel_options: list[tuple[str, int]], method: str) -> None:
+        self._channels = [grpc.aio.insecure_channel(url, options=channel_options) for _ in range(CONNECTIONS)]
+        self._infers = [channel.unary_unary(method) for channel in self._channels]
+        self._requests = requests
+        self._timeout_s = timeout_s
+        self._room = asyncio.Semaphore(cap)
+        self._ends: list[float] = []
+        self._latencies: list[float] = []
+        self._lags: list[float] = []
+        self._error_ends: list[float] = []
+        self._cap_waits: list[float] = []
+        self.first_error = ""
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._sender = asyncio.create_task(self._send_on_schedule(schedule, part, parts))
+
+    async def _send_on_schedule(self, schedule: Schedule, part: int, parts: int) -> None:
+        started, sent = time.perf_counter(), 0
+        for chunk in schedule.send_times(part, parts):
+            for offset in chunk:
+                due = started + float(offset)
+                wait = due - time.perf_counter()
+                if wait > SLEEP_FLOOR_S:
+                    await asyncio.sleep(wait)
+                if self._stopping:
+                    return
+                if self._room.locked():
+                    self._cap_waits.append(due)
+                await self._room.acquire()
+                task = asyncio.create_task(self._send(sent, due))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+                sent += 1
+
+    async def _send(self, step: int, due: float) -> None:
+        infer = self._infers[step % CONNECTIONS]
+        lag = time.perf_counter() - due
+        try:
+            await infer(self._requests[step % len(self._requests)], timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            self._error_ends.append(time.perf_counter())
+            self.first_error = self.first_error or error.details() or str(error.code())
+            return
+        finally:
+            self._room.release()
+        end = time.perf_counter()
+        self._ends.append(end)
+        self._latencies.append(end - due)
+        self._lags.append(lag)
+
+    def collect(self, until: float) -> Collected:
+        """The requests that completed by ``until`` (and are not yet collected): latencies, lags, errors, cap waits.
+
+        Each list is appended in time order (completions as they land, cap waits as they are due), so a cut at
+        ``until`` is a search.
+        """
+        done = np.searchsorted(self._ends, until, side="right")
+        latencies, lags = np.asarray(self._latencies[:done]), np.asarray(self._lags[:done])
+        del self._ends[:done], self._latencies[:done], self._lags[:done]
+        failed = int(np.searchsorted(self._error_ends, until, side="right"))
+        del self._error_ends[:failed]
+        waited = int(np.searchsorted(self._cap_waits, until, side="right"))
+        del self._cap_waits[:waited]
+        return Collected(latencies, failed, self.first_error, CpuTimes.now(), lags, waited)
+
+    async def close(self, grace_s: float) -> None:
+        """Send nothing more, let the requests in flight finish for up to ``grace_s``, cancel the rest."""
+        self._stopping = True
+        self._sender.cancel()
+        await asyncio.gather(self._sender, return_exceptions=True)
+        if self._in_flight:
+            _, unfinished = await asyncio.wait(set(self._in_flight), timeout=grace_s)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        for channel in self._channels:
+            await channel.close()

@@ -1,0 +1,79 @@
+"""When an open loop's requests leave: a constant rate, Poisson arrivals, or perf_analyzer's intervals file.
+
+A schedule is a list of send times fixed before the load starts, never moved by how fast replies come back: a
+closed loop that waits for replies hides the queueing that production traffic meets (coordinated omission). Several
+client processes share one schedule, each taking every n-th request of it, so the offered load is the same however
+it is spread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from autotune.errors import AutotuneError
+
+Distribution = Literal["constant", "poisson"]
+# Send times are generated this many at a time, ahead of the sender.
+CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Requests at ``rate`` per second, ``constant``-ly spaced or as a Poisson process (exponential gaps from a
+    generator seeded with ``seed``), or, when ``intervals_s`` is given, those gaps in turn, looped as perf_analyzer
+    loops its ``--request-intervals`` file."""
+
+    rate: float = 0.0
+    distribution: Distribution = "constant"
+    intervals_s: tuple[float, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.intervals_s and not (self.rate > 0 and np.isfinite(self.rate)):
+            raise AutotuneError(f"a request rate must be a positive number of requests per second, not {self.rate:g}")
+
+    @classmethod
+    def from_file(cls, path: Path) -> Schedule:
+        """perf_analyzer's ``--request-intervals`` format: one gap in microseconds per line."""
+        try:
+            lines = path.read_text().split()
+        except OSError as error:
+            raise AutotuneError(f"cannot read the request intervals {path}: {error.strerror}") from None
+        try:
+            gaps = tuple(float(line) / 1e6 for line in lines)
+        except ValueError as error:
+            raise AutotuneError(f"{path}: each line must be an interval in microseconds ({error})") from None
+        if not gaps or any(not (gap >= 0 and np.isfinite(gap)) for gap in gaps) or sum(gaps) <= 0:
+            raise AutotuneError(f"{path}: the intervals must be microseconds, none negative, and not all zero")
+        return cls(intervals_s=gaps)
+
+    @property
+    def offered_rate(self) -> float:
+        """Requests per second over the long run."""
+        return len(self.intervals_s) / sum(self.intervals_s) if self.intervals_s else self.rate
+
+    @property
+    def label(self) -> str:
+        return "intervals file" if self.intervals_s else self.distribution
+
+    def send_times(self, part: int = 0, parts: int = 1) -> Iterator[np.ndarray]:
+        """Seconds after the load's start at which client ``part`` of ``parts`` sends, in chunks, without end."""
+        random = np.random.default_rng(self.seed)
+        cycle = np.asarray(self.intervals_s)
+        position, start = 0, 0.0
+        while True:
+            if self.intervals_s:
+                gaps = np.take(cycle, np.arange(position, position + CHUNK), mode="wrap")
+            elif self.distribution == "poisson":
+                gaps = random.exponential(1.0 / self.rate, CHUNK)
+            else:
+                gaps = np.full(CHUNK, 1.0 / self.rate)
+            times = start + np.cumsum(gaps)
+            # Request n of the whole schedule is client (n % parts)'s.
+            yield times[(part - position) % parts::parts]
+            position, start = position + CHUNK, float(times[-1])

@@ -1,0 +1,142 @@
+"""autotune's open loop held against queueing theory and against perf_analyzer's request-rate mode.
+
+    python benchmarks/open_loop.py [--perf-analyzer PATH] [--part theory|agreement] [--no-pin]
+
+Part 1, theory: a model whose service is a fixed 4 ms sleep (one instance, no batching) is an M/D/1 queue under
+Poisson arrivals, whose mean wait in the queue is rho / (2 mu (1 - rho)). Its service time is read from Triton's
+own statistics at 1 in flight; then Poisson arrivals at 50 % and 80 % of its capacity, 40 s each, give the mean wait
+(Triton's queue time per request) and the p95 a client sees, against the theory, beside a closed loop at 1 in
+flight, which runs the server busier and sees no queue at all.
+
+Part 2, agreement: three server configs of ``mlp``, each at three rates (30, 60 and 85 % of what a closed loop at
+16 in flight reaches), constant and Poisson, measured by perf_analyzer (``--request-rate-range``,
+``--request-distribution``) and by autotune's open loop, in turn, 2 s windows.
+
+Server and clients are pinned apart as in ``loadgen_vs_perf_analyzer.py`` (``--no-pin`` lets them share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from loadgen_vs_perf_analyzer import CONFIGS, WINDOW_MS, install_perf_analyzer, pinned_server, repository_for
+
+from autotune import LoadGenerator, LoadSettings, ModelServer, apply
+from autotune.load.schedule import Distribution, Schedule
+from autotune.triton.server import server_times
+
+THEORY_MODEL = "sleep_4000us"
+LOADS = (0.5, 0.8)
+LONG = LoadSettings(warmup_s=2.0, window_s=5.0, max_windows=8)
+AGREEMENT = LoadSettings(warmup_s=1.0, window_s=WINDOW_MS / 1000, max_windows=8)
+SHARES = (0.3, 0.6, 0.85)
+CAP = 512
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--perf-analyzer", type=Path, help="a perf_analyzer binary (default: install one)")
+    parser.add_argument("--no-pin", action="store_true", help="let server and clients share every core")
+    parser.add_argument("--part", choices=("all", "theory", "agreement"), default="all")
+    args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    pin = not args.no_pin and len(cores) >= 2
+    server_cores, client_cores = (cores[: len(cores) // 2], cores[len(cores) // 2:]) if pin else (cores, cores)
+    os.sched_setaffinity(0, client_cores)
+    perf_analyzer, environment = install_perf_analyzer(args.perf_analyzer)
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}; server on cores {server_cores}, clients on cores {client_cores}")
+    with tempfile.TemporaryDirectory() as tmp, pinned_server(repository_for(Path(tmp) / "repo"), server_cores) as url:
+        if args.part in ("all", "theory"):
+            theory(url)
+        if args.part in ("all", "agreement"):
+            agreement(url, _RateAnalyzer(perf_analyzer, environment, url, Path(tmp) / "perf.csv"))
+    return 0
+
+
+def theory(url: str) -> None:
+    server = ModelServer(url, THEORY_MODEL)
+    load = LoadGenerator(url, THEORY_MODEL, LONG)
+    try:
+        before = server.statistics()
+        closed = load.measure(1, enough=lambda _: False)
+        times = server_times(before, server.statistics())
+        service_ms = sum(times[f"server_compute_{stage}_ms"] for stage in ("input", "infer", "output"))
+        mu = 1e3 / service_ms
+        print("\n## Part 1: an M/D/1 queue (Poisson arrivals, a fixed 4 ms sleep, 1 instance, no batching)\n")
+        print(f"service time from Triton's statistics: {service_ms:.3f} ms (capacity {mu:.1f} requests/s)\n")
+        print("| load | offered /s | throughput /s | M/D/1 mean wait ms | Triton's mean queue ms | ratio | "
+              "client p50 ms | client p95 ms | sent p99 late ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(f"| closed loop, 1 in flight | | {closed.throughput:.1f} | 0 | {times['server_queue_ms']:.3f} | | "
+              f"{closed.p50_ms:.2f} | {closed.p95_ms:.2f} | |", flush=True)
+        for rho in LOADS:
+            before = server.statistics()
+            measured = load.measure_rate(Schedule(rho * mu, "poisson", seed=1), CAP, enough=lambda _: False)
+            queue_ms = server_times(before, server.statistics())["server_queue_ms"]
+            expected_ms = 1e3 * rho / (2 * mu * (1 - rho))
+            print(f"| {rho:.0%} | {rho * mu:.1f} | {measured.throughput:.1f} | {expected_ms:.3f} | {queue_ms:.3f} | "
+                  f"{queue_ms / expected_ms:.3f} | {measured.p50_ms:.2f} | {measured.p95_ms:.2f} | "
+                  f"{measured.send_lag_p99_ms:.2f} |", flush=True)
+    finally:
+        server.restore()
+        server.close()
+
+
+class _RateAnalyzer:
+    """perf_analyzer in request-rate mode, with the open loop's windows and a 25 % stability rule."""
+
+    def __init__(self, binary: Path, environment: dict[str, str], url: str, report: Path) -> None:
+        self.binary, self.environment, self.url, self.report = binary, environment, url, report
+
+    def measure(self, model: str, rate: float, distribution: Distribution) -> tuple[float, float]:
+        """Throughput (infer/s) and p95 (ms) at one rate; NaN where its windows never agreed."""
+        command = [str(self.binary), "-m", model, "-u", self.url, "-i", "grpc", "--percentile=95",
+                   "--request-rate-range", f"{rate:.0f}", "--request-distribution", distribution,
+                   "--measurement-interval", str(WINDOW_MS), "--stability-percentage", "25",
+                   "--max-trials", str(AGREEMENT.max_windows), "-f", str(self.report)]
+        done = subprocess.run(command, env=self.environment, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            return float("nan"), float("nan")
+        with self.report.open() as file:
+            row = next(csv.DictReader(file))
+        return float(row["Inferences/Second"]), float(row["p95 latency"]) / 1e3
+
+
+def agreement(url: str, tool: _RateAnalyzer) -> None:
+    print("\n## Part 2: autotune's open loop against perf_analyzer's request-rate mode (mlp)\n")
+    print("| server config | distribution | rate /s | PA infer/s | autotune infer/s | ratio | PA p95 ms | "
+          "autotune p95 ms | ratio | autotune sent p99 late ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    server = ModelServer(url, "mlp")
+    inside = total = 0
+    try:
+        for name, params in CONFIGS.items():
+            server.apply(apply(server.original, params(server.original.max_batch_size)))
+            load = LoadGenerator(url, "mlp", AGREEMENT)
+            saturated = load.measure(16).throughput
+            for share in SHARES:
+                rate = round(share * saturated, -1)
+                for distribution in ("constant", "poisson"):
+                    pa_tput, pa_p95 = tool.measure("mlp", rate, distribution)
+                    ours = load.measure_rate(Schedule(rate, distribution), CAP)
+                    tput_ratio, p95_ratio = ours.throughput / pa_tput, ours.p95_ms / pa_p95
+                    total += 1
+                    inside += abs(tput_ratio - 1) <= 0.05 and abs(p95_ratio - 1) <= 0.10
+                    print(f"| {name} | {distribution} | {rate:.0f} | {pa_tput:.0f} | {ours.throughput:.0f} | "
+                          f"{tput_ratio:.3f} | {pa_p95:.2f} | {ours.p95_ms:.2f} | {p95_ratio:.3f} | "
+                          f"{ours.send_lag_p99_ms:.2f} |", flush=True)
+    finally:
+        server.restore()
+        server.close()
+    print(f"\npoints within 5 % throughput and 10 % p95 of perf_analyzer: {inside} of {total}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
