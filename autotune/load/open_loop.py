@@ -13,6 +13,7 @@ warm-up and client processes measures both.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import grpc
@@ -25,12 +26,15 @@ from autotune.load.windows import Collected
 # perf_analyzer's request-rate mode spreads its schedule over 4 threads by default (--max-threads); the open loop
 # spreads its requests over as many connections, round-robin.
 CONNECTIONS = 4
-# A send due sooner than this is sent now rather than slept for: the event loop's timers are no finer.
-SLEEP_FLOOR_S = 0.0005
 
 
 class OpenLoad:
-    """Sends ``requests`` at the schedule's times (client ``part`` of ``parts`` of it), at most ``cap`` in flight."""
+    """Sends ``requests`` at the schedule's times (client ``part`` of ``parts`` of it), at most ``cap`` in flight.
+
+    The event loop's timers tick by the millisecond, which would send requests up to a millisecond late and add
+    that to latencies of a millisecond or less; a timing thread sleeps until each send time instead (to a tenth of
+    a millisecond) and hands the request to the loop.
+    """
 
     def __init__(self, url: str, requests: list[bytes], schedule: Schedule, part: int, parts: int, cap: int,
                  timeout_s: float, channel_options: list[tuple[str, int]], method: str) -> None:
@@ -46,28 +50,34 @@ class OpenLoad:
         self._cap_waits: list[float] = []
         self.first_error = ""
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._stopping = False
-        self._sender = asyncio.create_task(self._send_on_schedule(schedule, part, parts))
+        self._sent = 0
+        self._stopping = threading.Event()
+        self._clock = threading.Thread(target=self._keep_time, args=(asyncio.get_running_loop(), schedule, part,
+                                                                     parts), daemon=True)
+        self._clock.start()
 
-    async def _send_on_schedule(self, schedule: Schedule, part: int, parts: int) -> None:
-        started, sent = time.perf_counter(), 0
+    def _keep_time(self, loop: asyncio.AbstractEventLoop, schedule: Schedule, part: int, parts: int) -> None:
+        """The timing thread: wakes at each send time and has the loop send."""
+        started = time.perf_counter()
         for chunk in schedule.send_times(part, parts):
             for offset in chunk:
                 due = started + float(offset)
-                wait = due - time.perf_counter()
-                if wait > SLEEP_FLOOR_S:
-                    await asyncio.sleep(wait)
-                if self._stopping:
+                if self._stopping.wait(max(0.0, due - time.perf_counter())):
                     return
-                if self._room.locked():
-                    self._cap_waits.append(due)
-                await self._room.acquire()
-                task = asyncio.create_task(self._send(sent, due))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-                sent += 1
+                loop.call_soon_threadsafe(self._due, due)
+
+    def _due(self, due: float) -> None:
+        if self._stopping.is_set():
+            return
+        if self._room.locked():
+            self._cap_waits.append(due)
+        task = asyncio.get_running_loop().create_task(self._send(self._sent, due))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        self._sent += 1
 
     async def _send(self, step: int, due: float) -> None:
+        await self._room.acquire()
         infer = self._infers[step % CONNECTIONS]
         lag = time.perf_counter() - due
         try:
@@ -100,9 +110,8 @@ class OpenLoad:
 
     async def close(self, grace_s: float) -> None:
         """Send nothing more, let the requests in flight finish for up to ``grace_s``, cancel the rest."""
-        self._stopping = True
-        self._sender.cancel()
-        await asyncio.gather(self._sender, return_exceptions=True)
+        self._stopping.set()
+        self._clock.join()
         if self._in_flight:
             _, unfinished = await asyncio.wait(set(self._in_flight), timeout=grace_s)
             for task in unfinished:
