@@ -11,14 +11,15 @@ def perf_line(measured: Measurement) -> str:
     load = (f"Request Rate: {measured.offered_rate:g}" if measured.concurrency == 0
             else f"Concurrency: {measured.concurrency}")
     line = f"{load}, throughput: {measured.throughput:.1f} infer/sec, latency p95 {measured.p95_ms * 1e3:.0f} usec"
+    notes = []
     if measured.concurrency == 0:
         line += f", sent p50 {measured.send_lag_p50_ms:.2f} ms / p99 {measured.send_lag_p99_ms:.2f} ms late"
         if measured.cap_waits:
             line += f", {measured.cap_waits} waited for the cap on requests in flight"
         if measured.fell_behind:
-            line += f" ({measured.fell_behind} fell behind the schedule)"
+            notes.append(f"{measured.fell_behind} fell behind the schedule")
     if measured.errors:
         line += f", {measured.errors} errors ({measured.first_error})"
     if not measured.stable and not measured.errors:
-        line += f" (not stable after {measured.windows} windows)"
-    return line
+        notes.append(f"not stable after {measured.windows} windows")
+    return f"{line} ({'; '.join(notes)})" if notes else line
