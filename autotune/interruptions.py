@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from types import FrameType
@@ -82,11 +83,13 @@ def safe_point() -> None:
         raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
-def interruptible(call: Callable[[], T]) -> T:
+def interruptible(call: Callable[[], T], check: Callable[[], object] | None = None, check_every_s: float = 1.0) -> T:
     """``call()``, made in a thread of its own so that an interruption noted meanwhile is raised within ``POLL_S``:
-    for blocking calls that can take minutes, such as a model's load. An interrupted call goes on in the
-    background until it returns; its thread does not hold up the process's exit."""
-    if _noted is None:
+    for blocking calls that can take minutes, such as a model's load. ``check``, where given, is called every
+    ``check_every_s`` meanwhile, and what it raises leaves the call too (a server that stopped answering while it
+    loads). A call left goes on in the background until it returns; its thread does not hold up the process's
+    exit."""
+    if _noted is None and check is None:
         return call()
     future: Future[T] = Future()
 
@@ -97,6 +100,10 @@ def interruptible(call: Callable[[], T]) -> T:
             future.set_exception(error)
 
     threading.Thread(target=run, name="autotune-call", daemon=True).start()
+    checked = time.monotonic()
     while not wait([future], POLL_S).done:
         safe_point()
+        if check is not None and time.monotonic() - checked >= check_every_s:
+            check()
+            checked = time.monotonic()
     return future.result()

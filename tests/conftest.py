@@ -67,6 +67,22 @@ SLEEPY_MODEL = SLEEPING_MODEL.replace("SECONDS", "5")
 # Slow enough that a request is in flight whenever a point ends, quick enough to finish within a window.
 SLOW_MODEL = SLEEPING_MODEL.replace("SECONDS", "0.05")
 
+# Takes a second to load, as a real model takes its time.
+SLUGGISH_MODEL = '''
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(1.0)
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", np.zeros((1, 1), np.float32))])
+                for _ in requests]
+'''
+
 # Takes inputs of any length: the load generator needs --shape or --input-data to size them.
 DYNAMIC_MODEL = '''
 import numpy as np
@@ -94,7 +110,7 @@ def make_repository(path: Path) -> Path:
     """The shipped model repository plus the test-only models made here."""
     shutil.copytree(ROOT / "model_repository", path)
     for name, code, dims in (("picky", PICKY_MODEL, 4), ("broken", BROKEN_MODEL, 4), ("sleepy", SLEEPY_MODEL, 4),
-                             ("slow", SLOW_MODEL, 4), ("dynamic", DYNAMIC_MODEL, -1)):
+                             ("slow", SLOW_MODEL, 4), ("sluggish", SLUGGISH_MODEL, 4), ("dynamic", DYNAMIC_MODEL, -1)):
         (path / name / "1").mkdir(parents=True)
         (path / name / "config.pbtxt").write_text(SMALL_CONFIG.format(name=name, dims=dims))
         (path / name / "1" / "model.py").write_text(code)

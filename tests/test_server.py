@@ -2,10 +2,13 @@
 
 import os
 import signal
+import threading
+import time
 
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import loaded_models
+from tritonclient.utils import InferenceServerException
 
 from autotune.errors import AutotuneError
 from autotune.interruptions import Terminated, sigterm_interrupts
@@ -13,7 +16,7 @@ from autotune.params import ServerParams
 from autotune.triton import client
 from autotune.triton.embedded import EmbeddedServer
 from autotune.triton.model_config import apply, params_of
-from autotune.triton.server import ConfigRejected, ModelServer
+from autotune.triton.server import QUERY_TIMEOUT_S, ConfigRejected, ModelServer
 
 
 @pytest.fixture
@@ -65,6 +68,28 @@ def test_a_model_not_loaded_before_is_unloaded_again(triton: EmbeddedServer) -> 
     server.restore()
     server.close()
     assert "wide_mlp" not in loaded_models(triton.url)
+
+
+def test_a_server_that_hangs_while_a_model_loads_is_found_out_within_a_querys_deadline(
+        triton: EmbeddedServer) -> None:
+    # "sluggish" takes a second to load; the server stops half a second into a reload of it. The load's own
+    # timeout is minutes; the server is asked, while it loads, whether it still answers.
+    assert triton.pid is not None
+    sluggish = ModelServer(triton.url, "sluggish")
+    stop = threading.Timer(0.5, os.kill, (triton.pid, signal.SIGSTOP))
+    started = time.monotonic()
+    stop.start()
+    try:
+        with pytest.raises(InferenceServerException) as hung:
+            sluggish.apply(apply(sluggish.original, ServerParams(False, 8, instance_count=2)))
+        waited = time.monotonic() - started
+    finally:
+        stop.cancel()
+        os.kill(triton.pid, signal.SIGCONT)
+        sluggish.restore()
+        sluggish.close()
+    assert hung.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert waited < QUERY_TIMEOUT_S + 3, "found out by a query's deadline, not the load's"
 
 
 def test_unknown_models_are_named_with_the_ones_that_exist(triton: EmbeddedServer) -> None:

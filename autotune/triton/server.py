@@ -126,10 +126,15 @@ class ModelServer:
         self._client.close()
 
     def _load(self, config_json: str | None) -> None:
+        """Load the model, with ``config_json`` or its repository's own config (None); a server that stops answering
+        meanwhile is found so within ``QUERY_TIMEOUT_S`` or so, not at the load's timeout."""
         try:
             # config None: the repository's own config.pbtxt, as tritonclient sends no config parameter then
             interruptible(lambda: self._client.load_model(self.model, config=config_json,
-                                                          client_timeout=self.load_timeout_s))
+                                                          client_timeout=self.load_timeout_s),
+                          check=self._answering)
+        except _Hung as hung:
+            raise hung.error from None
         except InferenceServerException as error:
             if error.status() == "StatusCode.UNAVAILABLE":
                 raise  # the server is gone, which no other configuration mends
@@ -143,6 +148,22 @@ class ModelServer:
             if detail and detail not in reason:
                 reason = f"{reason}: {detail}"
             raise ConfigRejected(f"Triton refused the configuration of {self.model}: {reason}") from None
+
+
+    def _answering(self) -> None:
+        """Raises ``_Hung`` where the server does not answer a query within ``QUERY_TIMEOUT_S``."""
+        try:
+            self._client.is_server_live(client_timeout=QUERY_TIMEOUT_S)
+        except InferenceServerException as error:
+            raise _Hung(error) from None
+
+
+class _Hung(Exception):
+    """The server stopped answering while a model loaded: ``error`` is the query's, not the load's."""
+
+    def __init__(self, error: InferenceServerException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 _STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
