@@ -413,7 +413,7 @@ def test_sigterm_while_the_embedded_server_starts_stops_it_with_its_workspace_an
         assert process.poll() is None and time.monotonic() < deadline, "the server should have been started"
         time.sleep(0.02)
     (server,) = [pid for pid, name in _descendants(process.pid).items() if name == "tritonserver"]
-    workspace = Path(Path(f"/proc/{server}/cmdline").read_bytes().split(b"\0")[0].decode()).parents[2]
+    workspace = _workspace(server)
     process.send_signal(signal.SIGTERM)  # before the server answers: no trial has started
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
@@ -434,7 +434,7 @@ def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune_and
     started = _descendants(process.pid)
     assert {"tritonserver", "triton_python_b"} <= set(started.values()), started
     (server,) = [pid for pid, name in started.items() if name == "tritonserver"]
-    workspace = Path(Path(f"/proc/{server}/cmdline").read_bytes().split(b"\0")[0].decode()).parents[2]
+    workspace = _workspace(server)
     process.kill()
     process.wait()
     deadline = time.monotonic() + 30
@@ -444,6 +444,16 @@ def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune_and
     assert workspace.exists(), "a killed autotune cannot remove the server's workspace"
     EmbeddedServer(repository).stop()
     assert not workspace.exists(), "the next embedded server does"
+
+
+def _workspace(server: int) -> Path:
+    """The embedded server's workspace, three folders above its executable. The kernel gives an exec'd process
+    its new name before its command line, so a server just found by name may not have one yet."""
+    deadline = time.monotonic() + 10
+    while not (command := Path(f"/proc/{server}/cmdline").read_bytes()):
+        assert time.monotonic() < deadline, "the server's command line was never set"
+        time.sleep(0.01)
+    return Path(command.split(b"\0")[0].decode()).parents[2]
 
 
 def _descendants(pid: int) -> dict[int, str]:
