@@ -108,10 +108,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="round-robin rounds of the ranking part")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
-    pin = not args.no_pin and len(cores) >= 2
-    server_cores, client_cores = (cores[: len(cores) // 2], cores[len(cores) // 2:]) if pin else (cores, cores)
-    # Before any gRPC thread exists: threads keep the affinity they were born with.
-    os.sched_setaffinity(0, client_cores)
+    server_cores, client_cores = split_cores(not args.no_pin)
     perf_analyzer, environment = install_perf_analyzer(args.perf_analyzer)
     print(f"{time.strftime('%Y-%m-%d')}, {_cpu()} x {len(cores)}; server on cores {server_cores}, "
           f"clients on cores {client_cores}; windows of {WINDOW_MS} ms")
@@ -133,6 +130,16 @@ def main() -> int:
     if ranked:
         print_ranking(ranked)
     return 0
+
+
+def split_cores(pin: bool) -> tuple[list[int], list[int]]:
+    """The server's cores and the clients' (halves of this machine's, or all for both), this process moved to the
+    clients'. Call it before any gRPC thread exists: threads keep the affinity they were born with."""
+    cores = sorted(os.sched_getaffinity(0))
+    server_cores, client_cores = ((cores[: len(cores) // 2], cores[len(cores) // 2:]) if pin and len(cores) >= 2
+                                  else (cores, cores))
+    os.sched_setaffinity(0, client_cores)
+    return server_cores, client_cores
 
 
 @contextlib.contextmanager

@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from loadgen_vs_perf_analyzer import CONFIGS, WINDOW_MS, install_perf_analyzer, pinned_server, repository_for
+from loadgen_vs_perf_analyzer import (
+    CONFIGS,
+    WINDOW_MS,
+    install_perf_analyzer,
+    pinned_server,
+    repository_for,
+    split_cores,
+)
 
 from autotune import LoadGenerator, LoadSettings, ModelServer, apply
 from autotune.load.schedule import Distribution, Schedule
@@ -46,10 +52,7 @@ def main() -> int:
     parser.add_argument("--no-pin", action="store_true", help="let server and clients share every core")
     parser.add_argument("--part", choices=("all", "theory", "agreement"), default="all")
     args = parser.parse_args()
-    cores = sorted(os.sched_getaffinity(0))
-    pin = not args.no_pin and len(cores) >= 2
-    server_cores, client_cores = (cores[: len(cores) // 2], cores[len(cores) // 2:]) if pin else (cores, cores)
-    os.sched_setaffinity(0, client_cores)
+    server_cores, client_cores = split_cores(not args.no_pin)
     perf_analyzer, environment = install_perf_analyzer(args.perf_analyzer)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}; server on cores {server_cores}, clients on cores {client_cores}")
     with tempfile.TemporaryDirectory() as tmp, pinned_server(repository_for(Path(tmp) / "repo"), server_cores) as url:
