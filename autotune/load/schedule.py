@@ -57,10 +57,6 @@ class Schedule:
         """Requests per second over the long run."""
         return len(self.intervals_s) / sum(self.intervals_s) if self.intervals_s else self.rate
 
-    @property
-    def label(self) -> str:
-        return "intervals file" if self.intervals_s else self.distribution
-
     def send_times(self, part: int = 0, parts: int = 1) -> Iterator[np.ndarray]:
         """Seconds after the load's start at which client ``part`` of ``parts`` sends, in chunks, without end."""
         random = np.random.default_rng(self.seed)

@@ -22,7 +22,8 @@ from autotune.load.cpu import ClientCost, CpuTimes
 MIN_WINDOWS = 2
 # An open loop kept up with its schedule where it completed at least this share of the rate it offered.
 KEPT_UP = 0.95
-# Requests that left their schedule later than this at p99 mean the client fell behind (its timers tick by 1 ms).
+# Requests that left their schedule later than this at p99 mean the client fell behind (its timing thread keeps
+# within 0.5-1.2 ms at p99 where it keeps up, benchmarks/README.md).
 CLIENT_LATE_MS = 2.0
 # What only an open loop's point has.
 _OPEN_LOOP = ("offered_rate", "send_lag_p50_ms", "send_lag_p99_ms", "cap_waits")
@@ -81,7 +82,7 @@ class Measurement:
     def as_dict(self) -> dict[str, object]:
         """The fields by name; a closed loop's without the open loop's."""
         fields = asdict(self)
-        return fields if self.concurrency == 0 else {k: v for k, v in fields.items() if k not in _OPEN_LOOP}
+        return fields if self.open_loop else {k: v for k, v in fields.items() if k not in _OPEN_LOOP}
 
     @property
     def client_cost(self) -> ClientCost:
@@ -92,9 +93,14 @@ class Measurement:
                        client_core_share=cost.core_share)
 
     @property
+    def open_loop(self) -> bool:
+        """Whether requests were sent on a schedule (``concurrency`` 0) rather than kept in flight."""
+        return self.concurrency == 0
+
+    @property
     def load(self) -> str:
         """The load it was measured under, in words: "concurrency 16", "500 requests/s"."""
-        return f"{self.offered_rate:g} requests/s" if self.concurrency == 0 else f"concurrency {self.concurrency}"
+        return f"{self.offered_rate:g} requests/s" if self.open_loop else f"concurrency {self.concurrency}"
 
     @property
     def fell_behind(self) -> str:
