@@ -17,17 +17,21 @@ from autotune.params import ServerParams
 
 # A trial's user attributes.
 CONFIG_KEY = "config"  # the server settings it ran with (``ServerParams.as_dict``)
-CONCURRENCY_KEY = "concurrency"  # the client concurrency that stands for it
-SWEEP_KEY = "sweep"  # its concurrency sweep: [concurrency, throughput, p95 ms] per point, in the order measured
-CAPPED_KEY = "capped"  # its sweep still gained at the space's highest concurrency: the space ended it
+CONCURRENCY_KEY = "concurrency"  # the client concurrency that stands for it (0: an open loop's trial)
+OFFERED_RATE_KEY = "offered_rate"  # an open loop's: the rate it sustained (or, infeasible, came closest at)
+SWEEP_KEY = "sweep"  # its sweep: [concurrency or rate, throughput, p95 ms] per point, in the order measured
+CAPPED_KEY = "capped"  # its sweep still gained at the space's highest concurrency, or its client fell behind
 FAIL_REASON_KEY = "fail_reason"  # why it failed, when for a reason of its own (it counts toward the budget)
 PRUNED_REASON_KEY = "pruned_reason"  # why its measurement was cut short
 CANNOT_WIN_KEY = "cannot_win"  # cut short: over the limit where it started, reading less than the best could win
 SAME_AS_KEY = "same_as"  # the earlier trial that measured its settings, whose figures it took
 BASELINE_KEY = "baseline"  # the model as configured, the study's first trial: where tuning started
+# What a study that measures under a closed loop records as its load.
+CLOSED_LOOP = "concurrency"
 # A study's user attributes.
 MODEL_KEY = "model"
 MAX_P95_KEY = "max_p95_ms"
+LOAD_KEY = "load"  # what the study maximises: "concurrency" (infer/sec, closed loop) or "rate, ARRIVALS" (open)
 BASE_CONFIG_KEY = "base_config"  # the model's config.pbtxt as the server ran it before tuning
 BASELINE_SUMMARY_KEY = "baseline"  # the baseline trial's figures, for the dashboard's study page
 CONFIRMED_KEY = "confirmed"  # the last re-measurement of the top trials and its winner
@@ -51,27 +55,37 @@ class TrialSource(Protocol):
 
 @dataclass(frozen=True)
 class StudySettings:
-    """What a study was started for, as its user attributes hold it: the one source of the p95 limit."""
+    """What a study was started for, as its user attributes hold it: the one source of the p95 limit, and of the
+    load it measures under (a study from before open loops has none recorded: it ran a closed loop)."""
 
     model: str
     max_p95_ms: float
+    load: str = CLOSED_LOOP
 
     @classmethod
     def of(cls, study: TrialSource) -> StudySettings:
         attrs = study.user_attrs
-        return cls(model=str(attrs.get(MODEL_KEY, "")), max_p95_ms=float(attrs.get(MAX_P95_KEY, float("inf"))))
+        return cls(model=str(attrs.get(MODEL_KEY, "")), max_p95_ms=float(attrs.get(MAX_P95_KEY, float("inf"))),
+                   load=str(attrs.get(LOAD_KEY, CLOSED_LOOP)))
+
+    @property
+    def open_loop(self) -> bool:
+        """Whether the study maximises the request rate sustained, not the throughput at a concurrency."""
+        return self.load != CLOSED_LOOP
 
     def as_attrs(self) -> dict[str, object]:
-        return {MODEL_KEY: self.model, MAX_P95_KEY: self.max_p95_ms}
+        return {MODEL_KEY: self.model, MAX_P95_KEY: self.max_p95_ms, LOAD_KEY: self.load}
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE and all(c <= 0 for c in trial.system_attrs.get(CONSTRAINTS_KEY, [1]))
 
 
-def constraints(p95_ms: float, errors: int, max_p95_ms: float) -> list[float]:
-    """A trial's constraints, feasible when none is positive: p95 over the limit, and request errors."""
-    return [p95_ms - max_p95_ms, float(errors)]
+def constraints(p95_ms: float, errors: int, max_p95_ms: float, shortfall: float | None = None) -> list[float]:
+    """A trial's constraints, feasible when none is positive: p95 over the limit, request errors, and for an open
+    loop's trial the ``shortfall`` of the rate it completed below the share of its offered rate that counts as
+    kept up."""
+    return [p95_ms - max_p95_ms, float(errors), *([] if shortfall is None else [shortfall])]
 
 
 def counts_toward_total(trial: FrozenTrial) -> bool:
@@ -136,13 +150,21 @@ def best_trial(study: TrialSource) -> FrozenTrial | None:
     return top[0] if top else None
 
 
-def deployed_concurrency(study: TrialSource, trial: FrozenTrial) -> int:
-    """The client concurrency to run ``trial``'s config at: where the re-measurement crowned it, when it did, else
-    where the trial measured it."""
+def trial_level(trial: FrozenTrial) -> float:
+    """Where a trial stands: the client concurrency, or the request rate an open loop's trial sustained."""
+    attrs = trial.user_attrs
+    return attrs[OFFERED_RATE_KEY] if OFFERED_RATE_KEY in attrs else attrs[CONCURRENCY_KEY]
+
+
+def deployed_level(study: TrialSource, trial: FrozenTrial) -> float:
+    """Where to run ``trial``'s config: the concurrency (or request rate) where the re-measurement crowned it, when
+    it did, else where the trial measured it."""
     confirmed = study.user_attrs.get(CONFIRMED_KEY)
-    if confirmed and confirmed["winner"] == trial.number and "concurrency" in confirmed:
-        return int(confirmed["concurrency"])
-    return int(trial.user_attrs[CONCURRENCY_KEY])
+    if confirmed and confirmed["winner"] == trial.number:
+        for key in ("rate", "concurrency"):
+            if key in confirmed:
+                return confirmed[key]
+    return trial_level(trial)
 
 
 def best_value(study: TrialSource) -> float:

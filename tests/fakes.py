@@ -3,6 +3,7 @@ Triton server, and a helper that builds a tuner over any target and load."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import optuna
 
 from autotune.load.loop import LoadSettings
 from autotune.load.policy import Load, Meter
+from autotune.load.schedule import Schedule
 from autotune.load.windows import Measurement
 from autotune.search import DelayLadder, LocalStep, SearchSpace, Strategy
 from autotune.search.space import ConcurrencySearch
@@ -76,13 +78,45 @@ class ReadingsLoad:
         return replace(reading(concurrency, *self.readings.pop(0)), warmup_s=warmup_s or 0.0)
 
 
+@dataclass
+class QueueingServer:
+    """An open loop on a server that completes at most ``capacity`` requests per second, each in ``service_ms``:
+    its p95 grows with the queue (``service_ms / (1 - load)``), and past its capacity it falls behind and the
+    point is cut short. A client that cannot send faster than ``client_limit`` leaves its requests late. Each
+    point measured is kept as (rate, warm-up)."""
+
+    capacity: float
+    service_ms: float = 1.0
+    client_limit: float = math.inf
+    points: list[tuple[float, float]] = field(default_factory=list)
+
+    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None,
+                enough: object = None) -> Measurement:
+        raise AssertionError("an open loop's study measures no concurrency")
+
+    def measure_rate(self, schedule: Schedule, cap: int, warmup_s: float | None = None, enough: object = None,
+                     stop_early: object = None) -> Measurement:
+        rate = schedule.offered_rate
+        self.points.append((rate, warmup_s or 0.0))
+        load = rate / self.capacity
+        p95_ms = self.service_ms / (1 - load) if load < 1 else 1e4
+        late_ms = 5.0 if rate > self.client_limit else 0.1
+        return Measurement(0, min(rate, self.capacity), p95_ms / 2, p95_ms, p95_ms, p95_ms, requests=100, errors=0,
+                           windows=3, stable=True, cut_short=load >= 1, warmup_s=warmup_s or 0.0,
+                           offered_rate=rate, due_rate=rate, send_lag_p50_ms=late_ms / 2, send_lag_p99_ms=late_ms)
+
+    @property
+    def rates(self) -> list[float]:
+        return [round(rate) for rate, _ in self.points]
+
+
 def make_tuner(target: Target, load: Load, *, max_p95_ms: float = 1000.0, space: SearchSpace | None = None,
                concurrency_search: ConcurrencySearch = "sample", strategy: Strategy = ENQUEUED_FIRST,
-               settings: LoadSettings = QUICK) -> Tuner:
-    """A tuner of ``target`` measured by ``load``, in an in-memory study."""
+               settings: LoadSettings = QUICK, arrivals: Schedule | None = None) -> Tuner:
+    """A tuner of ``target`` measured by ``load``, in an in-memory study; open-loop with ``arrivals``."""
     space = space or SearchSpace()
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, direction="maximize")
-    meter = Meter(load, max_p95_ms, settings.warmup_s, space.concurrency_levels())
+    meter = Meter(load, max_p95_ms, settings.warmup_s, space.concurrency_levels(), arrivals=arrivals)
     objective = Objective(target, meter, space, sampled_concurrency=concurrency_search == "sample")
     return Tuner(study, storage, objective, strategy, np.random.default_rng())

@@ -87,6 +87,16 @@ def test_resuming_a_study_with_another_limit(triton, tmp_path: Path) -> None:
     assert "study 'mine' was run with max_p95_ms = 50.0, not 10.0" in message
 
 
+def test_open_loop_flags_that_do_not_fit_together(tmp_path: Path) -> None:
+    assert "--distribution and --request-intervals shape an open loop: add --load rate" in autotune_error(
+        "optimize", "--max-p95", "10ms", "--distribution", "poisson", cwd=tmp_path)
+    assert "--concurrency-search sample is for a closed loop" in autotune_error(
+        "optimize", "--max-p95", "10ms", "--load", "rate", "--concurrency-search", "sample", cwd=tmp_path)
+    (tmp_path / "intervals.txt").write_text("")
+    assert "intervals.txt: the intervals must be microseconds" in autotune_error(
+        "optimize", "--max-p95", "10ms", "--load", "rate", "--request-intervals", "intervals.txt", cwd=tmp_path)
+
+
 def test_a_timeout_without_a_unit(tmp_path: Path) -> None:
     assert "--timeout" in autotune_error("optimize", "--max-p95", "10ms", "--timeout", "10", cwd=tmp_path)
 

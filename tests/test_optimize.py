@@ -129,6 +129,32 @@ def test_concurrency_can_be_sampled_as_one_more_setting_instead_of_swept(
     assert all(t.params["concurrency"] == t.user_attrs["concurrency"] for t in trials)
 
 
+def test_an_open_loop_study_finds_the_highest_rate_each_config_sustains_and_says_so(
+    triton: EmbeddedServer, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    result = autotune("optimize", "--max-p95", "20ms", "--trials", "2", "--url", triton.url, "--storage", storage,
+                      "--space", str(small_space(tmp_path)), "--load", "rate", "--distribution", "poisson",
+                      *MEASURE, "--confirm-rounds", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = load(storage, "mlp-p95-20ms")
+    assert study.user_attrs["load"] == "rate, poisson" and study.metric_names == ["requests/sec sustained"]
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        rates = [rate for rate, _, _ in trial.user_attrs["sweep"]]
+        assert trial.value == trial.user_attrs["offered_rate"] in rates
+        assert trial.user_attrs["concurrency"] == 0 and len(trial.constraints) == 3
+        assert trial.user_attrs["throughput"] >= 0.95 * trial.user_attrs["due_rate"], "it completed what fell due"
+    assert rates[1] == 2 * rates[0] or not trial.user_attrs.get("capped"), "doubling from where it starts"
+    assert re.search(r"^Best \(trial \d\): sustains \d+ requests/s at p95 [\d.]+ ms", result.stdout, re.M)
+    assert "requests/s under poisson arrivals" in result.stdout
+    exported = (tmp_path / "studies/mlp-p95-20ms/config.pbtxt").read_text()
+    assert "under an open loop (poisson arrivals)" in exported and "requests/s at p95" in exported
+    refused = autotune("optimize", "--max-p95", "20ms", "--trials", "3", "--url", triton.url, "--storage", storage,
+                       *QUICK, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "was run with load = rate, poisson, not concurrency; choose another --study" in refused.stderr
+
+
 def test_a_rerun_resumes_the_study_and_leaves_the_model_as_it_was(triton: EmbeddedServer, tmp_path: Path) -> None:
     holder = ModelServer(triton.url, "mlp")
     before = holder.running_config()

@@ -21,7 +21,7 @@ from autotune.records import (
     SAME_AS_KEY,
     best_trial,
     counted,
-    deployed_concurrency,
+    deployed_level,
     is_feasible,
     trial_params,
 )
@@ -88,10 +88,10 @@ def test_a_batcher_moved_below_its_batch_size_is_judged_where_it_did_best() -> N
     moved = [Run(2397.0, 9.9, 0, 16), Run(2080.0, 11.3, 0, 16), Run(756.0, 18.1, 0, 12)]
     steady = [Run(1364.0, 11.7, 0, 11), Run(1214.0, 8.6, 0, 8), Run(1298.0, 7.6, 0, 8)]
     assert crown({11: moved, 10: steady}, max_p95_ms=10.0) == 11
-    assert {run.concurrency for run in standing(moved, max_p95_ms=10.0)} == {16}
-    assert {run.concurrency for run in standing(steady, max_p95_ms=10.0)} == {8}
+    assert {run.at for run in standing(moved, max_p95_ms=10.0)} == {16}
+    assert {run.at for run in standing(steady, max_p95_ms=10.0)} == {8}
     # Where both held as often, the most throughput.
-    assert standing([Run(1500.0, 9.0, 0, 16), Run(1350.0, 9.0, 0, 13)], max_p95_ms=10.0)[0].concurrency == 16
+    assert standing([Run(1500.0, 9.0, 0, 16), Run(1350.0, 9.0, 0, 13)], max_p95_ms=10.0)[0].at == 16
 
 
 def test_a_run_over_the_limit_moves_the_next_to_as_few_requests_in_flight_as_would_hold_it() -> None:
@@ -121,7 +121,7 @@ def test_a_top_trial_that_breaks_the_limit_again_is_crowned_and_deployed_where_i
     assert confirmed["winner"] == 0 and confirmed["concurrency"] == 11
     assert confirmed["trials"][0]["concurrency"] == [16, 11]
     best = best_trial(tuner.study)
-    assert best is not None and deployed_concurrency(tuner.study, best) == 11
+    assert best is not None and deployed_level(tuner.study, best) == 11
     assert "the winner holds it at concurrency 11" in summary(tuner.study)
 
 

@@ -18,6 +18,7 @@ import typer
 from autotune.cli.options import (
     ClientProcesses,
     InputData,
+    LoadKind,
     MaxInFlight,
     MaxWindows,
     ModelRepository,
@@ -30,6 +31,7 @@ from autotune.cli.options import (
     Url,
     Warmup,
     Window,
+    arrivals,
     concurrency_levels,
     load_options,
     schedules,
@@ -125,6 +127,17 @@ def optimize(
         "without reloads, from where the best config so far peaked (or the batcher's fill level), while p95 holds "
         "and throughput still grows; past the limit it halves, then tries one point between. A config over the "
         "limit where it starts, reading under 0.9 of the best, cannot win and is cut short.")] = "sweep",
+    load: Annotated[LoadKind, typer.Option(
+        help="concurrency: maximise throughput with clients that keep requests in flight (closed loop). rate: "
+        "maximise the request rate a config sustains (completes at least 95 % of it, p95 within the limit, no "
+        "errors) with requests sent on a schedule whatever the replies (open loop, as production traffic "
+        "arrives); each trial doubles the rate from where it could beat the best, then bisects to within 10 %.")
+    ] = "concurrency",
+    distribution: RequestDistribution = "constant",
+    request_intervals: Annotated[Path | None, typer.Option(
+        help="With --load rate: arrivals shaped by perf_analyzer's --request-intervals file (one gap in "
+        "microseconds per line), scaled to each rate the sweep tries.")] = None,
+    max_in_flight: MaxInFlight = 512,
     gpus: Annotated[str | None, typer.Option(
         help="GPU ids, e.g. 0,1: one worker with its own embedded server per GPU (CUDA_VISIBLE_DEVICES), "
         "all on one study.")] = None,
@@ -141,7 +154,9 @@ def optimize(
         search_space = SearchSpace.from_yaml(space) if space is not None else None
         check_sampler(sampler)
         budget = Budget(trials, parse_duration(timeout, "--timeout") if timeout else None, patience)
-        search = Search(sampler, concurrency_search, seed)
+        search = Search(sampler, concurrency_search, seed,
+                        arrivals=arrivals(load, distribution, request_intervals, concurrency_search),
+                        max_in_flight=max_in_flight)
         started = time.monotonic()
 
         def attempt() -> optuna.Study:
@@ -152,7 +167,8 @@ def optimize(
                 load.requests()  # inputs that cannot be made fail here, before the study starts
                 return tune(server, load, search_space or _default_space(name),
                             study_name=study_name or f"{name}-p95-{format_ms(limit_ms)}", storage=storage,
-                            settings=StudySettings(name, limit_ms), budget=budget.since(started), search=search,
+                            settings=StudySettings(name, limit_ms, search.load), budget=budget.since(started),
+                            search=search,
                             confirm_rounds=confirm_rounds, quiet=json_output,
                             hardware={"cpu": cpu()} if embedded else {})
 

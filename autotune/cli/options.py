@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -11,7 +11,7 @@ from autotune.errors import AutotuneError
 from autotune.load.inputs import InputSpec, parse_shape
 from autotune.load.loop import LoadSettings
 from autotune.load.schedule import Distribution, Schedule
-from autotune.search import MAX_CONCURRENCY
+from autotune.search import MAX_CONCURRENCY, ConcurrencySearch
 from autotune.units import parse_duration
 
 ModelRepository = Annotated[Path, typer.Option(
@@ -43,6 +43,7 @@ RequestDistribution = Annotated[str, typer.Option(
     "--distribution", help="How an open loop's requests are spaced: constant, or poisson (seeded, repeatable).")]
 MaxInFlight = Annotated[int, typer.Option(
     min=1, help="An open loop's cap on requests in flight; a request due at the cap waits, and is counted.")]
+LoadKind = Literal["concurrency", "rate"]
 StudyName = Annotated[str | None, typer.Option("--study", help="Study name. Default: the storage's only study.")]
 Storage = Annotated[str, typer.Option(
     help="Optuna storage: sqlite:///FILE, postgresql://USER:PASSWORD@HOST/DB, mysql://..., or journal:FILE.")]
@@ -73,8 +74,7 @@ def concurrency_levels(text: str) -> list[int]:
 
 def schedules(rates: str | None, intervals: Path | None, distribution: str) -> list[Schedule]:
     """The open-loop flags as schedules, one per point; none for a closed loop."""
-    if distribution not in ("constant", "poisson"):
-        raise AutotuneError(f"--distribution {distribution!r}: expected constant or poisson")
+    chosen = _distribution(distribution)
     if intervals is not None:
         if rates is not None:
             raise AutotuneError("choose --request-rate or --request-intervals, not both")
@@ -87,5 +87,26 @@ def schedules(rates: str | None, intervals: Path | None, distribution: str) -> l
         values = []
     if not values or not all(0 < value < float("inf") for value in values):
         raise AutotuneError(f"--request-rate {rates!r}: expected positive requests per second, e.g. 500,1000,2000")
-    chosen: Distribution = "poisson" if distribution == "poisson" else "constant"
     return [Schedule(rate, chosen) for rate in values]
+
+
+def _distribution(text: str) -> Distribution:
+    if text not in ("constant", "poisson"):
+        raise AutotuneError(f"--distribution {text!r}: expected constant or poisson")
+    return "poisson" if text == "poisson" else "constant"
+
+
+def arrivals(load: LoadKind, distribution: str, intervals: Path | None,
+             concurrency_search: ConcurrencySearch) -> Schedule | None:
+    """``optimize``'s open-loop flags as the pattern its rate sweep scales; None for a closed loop."""
+    if load == "concurrency":
+        if intervals is not None or distribution != "constant":
+            raise AutotuneError("--distribution and --request-intervals shape an open loop: add --load rate")
+        return None
+    if concurrency_search == "sample":
+        raise AutotuneError("--load rate sweeps request rates; --concurrency-search sample is for a closed loop")
+    if intervals is not None:
+        if distribution != "constant":
+            raise AutotuneError("--request-intervals sets the arrivals itself; leave out --distribution")
+        return Schedule.from_file(intervals)
+    return Schedule(1.0, _distribution(distribution))  # a pattern: the rate sweep sets the rate

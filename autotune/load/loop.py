@@ -249,12 +249,14 @@ class LoadGenerator:
         return self._measure(shares, concurrency, rules, warmup_s)
 
     def measure_rate(self, schedule: Schedule, cap: int, warmup_s: float | None = None,
-                     enough: Callable[[Measurement], bool] | None = None) -> Measurement:
-        """Measure an open loop: requests sent on ``schedule`` whatever the replies, at most ``cap`` in flight.
-        The point's ``concurrency`` is 0 and its ``offered_rate`` the schedule's."""
+                     enough: Callable[[Measurement], bool] | None = None,
+                     stop_early: Callable[[Measurement], bool] | None = None) -> Measurement:
+        """Measure an open loop: requests sent on ``schedule`` whatever the replies, at most ``cap`` in flight;
+        the rules as for ``measure``. The point's ``concurrency`` is 0 and its ``offered_rate`` the schedule's."""
         parts = max(1, min(self.settings.processes, cap))
         shares = [_Open(schedule, part, parts, -(-cap // parts)) for part in range(parts)]
-        measured = self._measure(shares, 0, _Rules(None, enough or (lambda measured: measured.stable)), warmup_s)
+        rules = _Rules(stop_early, enough or (lambda measured: measured.stable))
+        measured = self._measure(shares, 0, rules, warmup_s)
         return replace(measured, offered_rate=schedule.offered_rate)
 
     def _measure(self, shares: list[_Closed] | list[_Open], level: int, rules: _Rules,
@@ -324,7 +326,8 @@ class LoadGenerator:
                 safe_point()
             windows.append(Window(np.concatenate([p.latencies for p in parts]), sum(p.errors for p in parts),
                                   next((p.first_error for p in parts if p.first_error), ""), boundary - opened,
-                                  np.concatenate([p.lags for p in parts]), sum(p.cap_waits for p in parts)))
+                                  np.concatenate([p.lags for p in parts]), sum(p.cap_waits for p in parts),
+                                  sum(p.due for p in parts)))
             so_far = replace(summarise(concurrency, windows, settings.stability), warmup_s=warm.at - started)
             cost = ClientCost.between(warm.cpu, [p.cpu for p in parts[-len(warm.cpu):]], so_far.requests,
                                       boundary - warm.at)

@@ -48,6 +48,7 @@ class OpenLoad:
         self._lags: list[float] = []
         self._error_ends: list[float] = []
         self._cap_waits: list[float] = []
+        self._dues: list[float] = []
         self.first_error = ""
         self._in_flight: set[asyncio.Task[None]] = set()
         self._sent = 0
@@ -69,6 +70,7 @@ class OpenLoad:
     def _due(self, due: float) -> None:
         if self._stopping.is_set():
             return
+        self._dues.append(due)
         if self._room.locked():
             self._cap_waits.append(due)
         task = asyncio.get_running_loop().create_task(self._send(self._sent, due))
@@ -94,10 +96,11 @@ class OpenLoad:
         self._lags.append(lag)
 
     def collect(self, until: float) -> Collected:
-        """The requests that completed by ``until`` (and are not yet collected): latencies, lags, errors, cap waits.
+        """The requests that completed by ``until`` (and are not yet collected): latencies, lags, errors, cap waits;
+        and how many fell due by then, which the completions are judged against.
 
-        Each list is appended in time order (completions as they land, cap waits as they are due), so a cut at
-        ``until`` is a search.
+        Each list is appended in time order (completions as they land, sends and cap waits as they are due), so a
+        cut at ``until`` is a search.
         """
         done = np.searchsorted(self._ends, until, side="right")
         latencies, lags = np.asarray(self._latencies[:done]), np.asarray(self._lags[:done])
@@ -106,7 +109,9 @@ class OpenLoad:
         del self._error_ends[:failed]
         waited = int(np.searchsorted(self._cap_waits, until, side="right"))
         del self._cap_waits[:waited]
-        return Collected(latencies, failed, self.first_error, CpuTimes.now(), lags, waited)
+        due = int(np.searchsorted(self._dues, until, side="right"))
+        del self._dues[:due]
+        return Collected(latencies, failed, self.first_error, CpuTimes.now(), lags, waited, due)
 
     async def close(self, grace_s: float) -> None:
         """Send nothing more, let the requests in flight finish for up to ``grace_s``, cancel the rest."""

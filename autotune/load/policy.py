@@ -1,6 +1,6 @@
-"""How a trial is measured, decided in one place: warm-up or settle, one point or a concurrency sweep, when a
-window condemns a config, when a point's figures are enough for the study, when a trial cannot win, and a second
-try for a freshly loaded model that gave no reply at all.
+"""How a trial is measured, decided in one place: warm-up or settle, one point, a concurrency sweep or an open
+loop's rate sweep (``rate_sweep``), when a window condemns a config, when a point's figures are enough for the
+study, when a trial cannot win, and a second try for a freshly loaded model that gave no reply at all.
 
 ``Meter`` drives anything that satisfies ``Load`` (autotune's ``LoadGenerator``, or a fake in tests and in the
 replay benchmark). It remembers one thing between calls: whether the loaded config has served load since it was
@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from autotune.load.rate_sweep import FIRST_RATE, RateSweep
+from autotune.load.schedule import Schedule
 from autotune.load.windows import MIN_WINDOWS, Measurement
 
 # Warm-up of a point on a config the server already serves warm (no reload): enough for the new load to settle.
@@ -28,31 +30,40 @@ CANNOT_WIN = 0.9
 
 
 class Load(Protocol):
-    """Measures one point of the loaded config: ``LoadGenerator`` is one."""
+    """Measures one point of the loaded config, closed or open: ``LoadGenerator`` is one."""
 
     def measure(self, concurrency: int, stop_early: Callable[[Measurement], bool] | None = None,
                 warmup_s: float | None = None, enough: Callable[[Measurement], bool] | None = None
                 ) -> Measurement: ...
 
+    def measure_rate(self, schedule: Schedule, cap: int, warmup_s: float | None = None,
+                     enough: Callable[[Measurement], bool] | None = None,
+                     stop_early: Callable[[Measurement], bool] | None = None) -> Measurement: ...
+
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One concurrency of a sweep, as a trial records it."""
+    """One point of a sweep, as a trial records it: ``at`` its concurrency, or an open loop's offered rate."""
 
-    concurrency: int
+    at: float
     throughput: float
     p95_ms: float
 
+    @classmethod
+    def of(cls, measured: Measurement) -> SweepPoint:
+        return cls(measured.offered_rate if measured.open_loop else measured.concurrency, measured.throughput,
+                   measured.p95_ms)
+
     def as_record(self) -> list[float]:
-        return [self.concurrency, round(self.throughput, 2), round(self.p95_ms, 3)]
+        return [self.at, round(self.throughput, 2), round(self.p95_ms, 3)]
 
 
 @dataclass(frozen=True)
 class Reading:
     """A trial's measurement: the point that stands for it, the sweep's points in the order measured (none when one
     concurrency was measured), the seconds spent warming up for it, whether the sweep was still gaining at the
-    highest concurrency it may visit (the space, not the server, ended it), and whether it was cut short because
-    it could not beat the study's best."""
+    highest concurrency it may visit or a rate sweep's client fell behind (the space or the client, not the server,
+    ended it), and whether it was cut short because it could not beat the study's best."""
 
     measurement: Measurement
     sweep: tuple[SweepPoint, ...]
@@ -66,7 +77,8 @@ class Meter:
     """Measures trials of one model under a p95 limit.
 
     ``levels`` are the concurrencies a sweep may visit, lowest first; ``warmup_s`` is the full warm-up that a config
-    gets before its first point after a reload.
+    gets before its first point after a reload. With ``arrivals``, trials are measured open-loop: requests sent in
+    that pattern at the rates a rate sweep chooses, at most ``max_in_flight`` at a time.
     """
 
     load: Load
@@ -74,6 +86,8 @@ class Meter:
     warmup_s: float
     levels: Sequence[int]
     tolerance: float = 0.10  # how well a point's throughput must be known (its p95: 1.5 times as loosely)
+    arrivals: Schedule | None = None
+    max_in_flight: int = 512
     _warm: bool = False  # the loaded config has served load since it was loaded
 
     def trial(self, reloaded: bool, fill: int, concurrency: int | None = None, start: int = 1,
@@ -85,16 +99,26 @@ class Meter:
         beside it): a measurement with not a single reply nor error is taken once more, fully warmed up, which tells
         a stall from a model that never answers.
         """
-        reading = self._measure(self._warmup(reloaded), fill, concurrency, start, to_beat)
-        if reading.measurement.requests == reading.measurement.errors == 0:
-            again = self._measure(self.warmup_s, fill, concurrency, start, to_beat)
-            reading = replace(again, warmup_s=reading.warmup_s + again.warmup_s)
-        return reading
+        return self._twice(lambda warmup_s: self._measure(warmup_s, fill, concurrency, start, to_beat), reloaded)
 
-    def again(self, concurrency: int, reloaded: bool) -> Measurement:
-        """One more measurement of the loaded config, never cut short, until its throughput is known and its p95
-        known or clearly on one side of the limit: a re-measurement of a winner."""
-        return self.load.measure(concurrency, warmup_s=self._warmup(reloaded), enough=self.enough())
+    def rate_trial(self, reloaded: bool, to_beat: float = -math.inf) -> Reading:
+        """Sweep the loaded config open-loop for the highest rate it sustains (``rate_sweep``), from where it could
+        beat the study's best sustained rate ``to_beat``; a second try as for ``trial``."""
+        return self._twice(lambda warmup_s: self._rate_sweep(warmup_s, to_beat), reloaded)
+
+    def again(self, at: float, reloaded: bool) -> Measurement:
+        """One more measurement of the loaded config at ``at`` requests in flight (or per second, open-loop), never
+        cut short, until its throughput is known and its p95 known or clearly on one side of the limit: a
+        re-measurement of a winner."""
+        if self.arrivals is not None:
+            return self.load.measure_rate(self.arrivals.at(at), self.max_in_flight, self._warmup(reloaded),
+                                          self.enough())
+        return self.load.measure(int(at), warmup_s=self._warmup(reloaded), enough=self.enough())
+
+    def sustained(self, measured: Measurement) -> bool:
+        """An open loop's point that held the limit without errors, and behind whose schedule neither the server nor
+        the client fell (``Measurement.fell_behind``: it completed at least ``KEPT_UP`` of the rate offered)."""
+        return self.feasible(measured) and not measured.fell_behind
 
     def enough(self, to_beat: float = -math.inf) -> Callable[[Measurement], bool]:
         """When a point's figures so far are enough for the study to act on.
@@ -126,6 +150,13 @@ class Meter:
     def feasible(self, measured: Measurement) -> bool:
         return not (measured.cut_short or measured.errors or measured.p95_ms > self.max_p95_ms)
 
+    def _twice(self, measure: Callable[[float], Reading], reloaded: bool) -> Reading:
+        reading = measure(self._warmup(reloaded))
+        if reading.measurement.requests == reading.measurement.errors == 0:
+            again = measure(self.warmup_s)
+            reading = replace(again, warmup_s=reading.warmup_s + again.warmup_s)
+        return reading
+
     def _warmup(self, reloaded: bool) -> float:
         """The next point's warm-up: full on a config that has not served load since it was loaded, else a settle.
 
@@ -140,6 +171,20 @@ class Meter:
             measured = self.load.measure(concurrency, self.hopeless, warmup_s, self.enough(to_beat))
             return Reading(measured, (), measured.warmup_s)
         return _Sweep(self, warmup_s, to_beat).run(fill, start)
+
+    def _rate_sweep(self, warmup_s: float, to_beat: float) -> Reading:
+        arrivals = self.arrivals
+        assert arrivals is not None, "a rate sweep needs the open loop's arrivals"
+
+        def measure(rate: float, point_warmup_s: float) -> Measurement:
+            return self.load.measure_rate(arrivals.at(rate), self.max_in_flight, point_warmup_s,
+                                          self.enough(to_beat), self.hopeless)
+
+        can_win = math.isfinite(to_beat)
+        found = RateSweep(measure, self.sustained, warmup_s, SETTLE_S).run(
+            CANNOT_WIN * to_beat if can_win else FIRST_RATE, must_sustain=can_win)
+        return Reading(found.standing, tuple(SweepPoint.of(p) for p in found.points),
+                       sum(p.warmup_s for p in found.points), found.client_bound, found.cannot_win)
 
 
 class _Sweep:
@@ -201,7 +246,7 @@ class _Sweep:
                 if feasible(measured) or measured.errors:
                     break
         self._bisect()
-        return Reading(self._standing(), tuple(SweepPoint(p.concurrency, p.throughput, p.p95_ms) for p in self.points),
+        return Reading(self._standing(), tuple(SweepPoint.of(p) for p in self.points),
                        sum(p.warmup_s for p in self.points), capped, cannot_win)
 
     def _bisect(self) -> None:

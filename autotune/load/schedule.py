@@ -9,7 +9,7 @@ it is spread.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -56,6 +56,19 @@ class Schedule:
     def offered_rate(self) -> float:
         """Requests per second over the long run."""
         return len(self.intervals_s) / sum(self.intervals_s) if self.intervals_s else self.rate
+
+    def at(self, rate: float) -> Schedule:
+        """This schedule's pattern at ``rate`` requests per second: an intervals file's gaps scaled alike, so that
+        an open loop's rate sweep keeps the traffic's shape."""
+        if self.intervals_s:
+            scale = self.offered_rate / rate
+            return replace(self, intervals_s=tuple(gap * scale for gap in self.intervals_s))
+        return replace(self, rate=rate)
+
+    @property
+    def arrivals(self) -> str:
+        """The pattern in words, as a study records it: "constant", "poisson", "intervals"."""
+        return "intervals" if self.intervals_s else self.distribution
 
     def send_times(self, part: int = 0, parts: int = 1) -> Iterator[np.ndarray]:
         """Seconds after the load's start at which client ``part`` of ``parts`` sends, in chunks, without end."""

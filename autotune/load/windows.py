@@ -20,21 +20,23 @@ from autotune.load.cpu import ClientCost, CpuTimes
 
 # Windows a point needs before its figures can be called known; one more gives the interval an error at all.
 MIN_WINDOWS = 2
-# An open loop kept up with its schedule where it completed at least this share of the rate it offered.
+# An open loop kept up with its schedule where it completed at least this share of the requests that fell due in its
+# windows (not of the rate it offered: at 64 requests/s, a Poisson schedule's windows of half a second hold 32 on
+# average, give or take 6).
 KEPT_UP = 0.95
 # Requests that left their schedule later than this at p99 mean the client fell behind (its timing thread keeps
 # within 0.5-1.2 ms at p99 where it keeps up, benchmarks/README.md).
 CLIENT_LATE_MS = 2.0
 # What only an open loop's point has.
-_OPEN_LOOP = ("offered_rate", "send_lag_p50_ms", "send_lag_p99_ms", "cap_waits")
+_OPEN_LOOP = ("offered_rate", "due_rate", "send_lag_p50_ms", "send_lag_p99_ms", "cap_waits")
 # Student's t for a two-sided 90 % interval, by degrees of freedom (windows - 1); beyond the table, its last value.
 _T90 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)
 
 
 class Collected(NamedTuple):
     """What one client process collected up to a window boundary (latencies in seconds), and the CPU it had used
-    by then; an open loop's also how late each of those requests left its schedule, in seconds, and how many
-    waited for room under its cap of requests in flight."""
+    by then; an open loop's also how late each of those requests left its schedule, in seconds, how many waited
+    for room under its cap of requests in flight, and how many fell due."""
 
     latencies: np.ndarray
     errors: int
@@ -42,6 +44,7 @@ class Collected(NamedTuple):
     cpu: CpuTimes
     lags: np.ndarray = np.empty(0)
     cap_waits: int = 0
+    due: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class Measurement:
     of the figures (infinite with fewer than two windows with replies); ``warmup_s`` is how long the point warmed
     up before its windows; the ``client_`` figures are the load generator's own cost over the windows
     (``cpu.ClientCost``): CPU microseconds per request in user mode and in the kernel, and its busiest process's
-    share of one core. An open loop's point (``concurrency`` 0) also has the rate it offered, how late its requests
+    share of one core. An open loop's point (``concurrency`` 0) also has the rate it offered, the rate at which
+    requests fell due in its windows (the offered rate, give or take a schedule's randomness), how late its requests
     left their schedule at p50 and p99, and how many waited for room under its cap of requests in flight.
     """
 
@@ -75,6 +79,7 @@ class Measurement:
     client_system_us: float = math.nan
     client_core_share: float = math.nan
     offered_rate: float = math.nan
+    due_rate: float = math.nan
     send_lag_p50_ms: float = math.nan
     send_lag_p99_ms: float = math.nan
     cap_waits: int = 0
@@ -106,15 +111,23 @@ class Measurement:
     def fell_behind(self) -> str:
         """Who fell behind an open loop's schedule: "the server" where requests piled up to the cap on those in
         flight (the sends after them leave late too), "the client" where its requests left late all the same (and
-        their latencies include that), "the server" again where it completed less than the rate offered, or ""
-        where neither did, as for every closed loop."""
+        their latencies include that), "the server" again where it completed less than ``KEPT_UP`` of the requests
+        that fell due, or "" where neither did, as for every closed loop."""
         if self.cap_waits:
             return "the server"
         if self.send_lag_p99_ms > CLIENT_LATE_MS:
             return "the client"
-        if self.throughput < KEPT_UP * self.offered_rate:
+        if self.throughput < KEPT_UP * self.due_rate:
             return "the server"
         return ""
+
+    @property
+    def shortfall(self) -> float:
+        """How far an open loop's point fell short of keeping up with its schedule: the share of the requests due
+        under ``KEPT_UP`` that it did not complete, at or below zero where it kept up; where the cap on requests in
+        flight or the client's pace made it fall behind, at least ``1 - KEPT_UP`` however much it completed."""
+        short = KEPT_UP - self.throughput / self.due_rate if self.due_rate else 1.0
+        return max(short, 1 - KEPT_UP) if self.fell_behind else short
 
     @property
     def p95_interval_ms(self) -> tuple[float, float]:
@@ -133,6 +146,7 @@ class Window:
     duration: float
     lags: np.ndarray = field(default_factory=lambda: np.empty(0))
     cap_waits: int = 0
+    due: int = 0
 
     @property
     def throughput(self) -> float:
@@ -168,9 +182,10 @@ def summarise(concurrency: int, windows: Sequence[Window], tolerance: float) -> 
     answered = [w for w in windows if len(w.latencies)]
     lags_ms = np.concatenate([w.lags for w in windows]) * 1e3 if windows else np.empty(0)
     lag_p50, lag_p99 = np.percentile(lags_ms, [50, 99]) if len(lags_ms) else [math.nan] * 2
+    duration = sum(w.duration for w in windows)
     measured = Measurement(
         concurrency=concurrency,
-        throughput=len(latencies_ms) / sum(w.duration for w in windows) if windows else 0.0,
+        throughput=len(latencies_ms) / duration if windows else 0.0,
         p50_ms=float(p50),
         p90_ms=float(p90),
         p95_ms=float(p95),
@@ -185,5 +200,6 @@ def summarise(concurrency: int, windows: Sequence[Window], tolerance: float) -> 
         send_lag_p50_ms=float(lag_p50),
         send_lag_p99_ms=float(lag_p99),
         cap_waits=sum(w.cap_waits for w in windows),
+        due_rate=sum(w.due for w in windows) / duration if windows else math.nan,
     )
     return replace(measured, stable=known(measured, tolerance))

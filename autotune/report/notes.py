@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from autotune.load.windows import Measurement
 from autotune.triton.model_config import ModelConfig, to_pbtxt
 
 
@@ -11,13 +12,14 @@ def _note(headline: str, config: ModelConfig) -> str:
     return f"{headline}\n\n```\n{to_pbtxt(config)}```\n"
 
 
-def new_best_note(config: ModelConfig, throughput: float, concurrency: int, p95_ms: float) -> str:
-    return _note(f"New best feasible trial: {throughput:.1f} infer/sec at concurrency {concurrency}, "
-                 f"p95 {p95_ms:.2f} ms.", config)
+def new_best_note(config: ModelConfig, measured: Measurement) -> str:
+    figures = (f"sustains {measured.offered_rate:.0f} requests/s ({measured.throughput:.1f} infer/sec)"
+               if measured.open_loop else f"{measured.throughput:.1f} infer/sec at concurrency {measured.concurrency}")
+    return _note(f"New best feasible trial: {figures}, p95 {measured.p95_ms:.2f} ms.", config)
 
 
-def crowned_note(config: ModelConfig, concurrency: int, throughputs: list[float], p95s_ms: list[float]) -> str:
-    """The re-measurement's winner: its median figures over its runs."""
+def crowned_note(config: ModelConfig, load: str, throughputs: list[float], p95s_ms: list[float]) -> str:
+    """The re-measurement's winner: its median figures over its runs under ``load`` ("concurrency 16", "500
+    requests/s")."""
     return _note(f"Crowned by re-measurement: median {float(np.median(throughputs)):.1f} infer/sec over "
-                 f"{len(throughputs)} runs at concurrency {concurrency}, p95 {float(np.median(p95s_ms)):.2f} ms.",
-                 config)
+                 f"{len(throughputs)} runs at {load}, p95 {float(np.median(p95s_ms)):.2f} ms.", config)

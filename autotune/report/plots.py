@@ -37,9 +37,10 @@ def write_report(study: optuna.Study, directory: Path) -> list[Path]:
         raise AutotuneError(f"study {study.study_name} has no completed trial to plot yet")
     directory.mkdir(parents=True, exist_ok=True)
     limit = StudySettings.of(study).max_p95_ms
+    against = "request rate" if StudySettings.of(study).open_loop else "concurrency"
     figures = {
         "pareto.png": (pareto_figure(study, limit), "Throughput against p95 latency"),
-        "concurrency.png": (concurrency_figure(study), "Throughput against concurrency, best configurations"),
+        "concurrency.png": (concurrency_figure(study), f"Throughput against {against}, best configurations"),
         "importances.png": (importance_figure(study), "What mattered most for throughput"),
     }
     written = []
@@ -98,7 +99,8 @@ def _pareto_front(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def concurrency_figure(study: optuna.Study, top: int = 4) -> Figure:
-    """Throughput against client concurrency for the server configurations with the best feasible trials."""
+    """Throughput against client concurrency (an open loop's: against the rate offered) for the server
+    configurations with the best feasible trials."""
     by_config: dict[str, list[FrozenTrial]] = defaultdict(list)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         by_config[describe(trial.user_attrs["config"])].append(trial)
@@ -109,19 +111,20 @@ def concurrency_figure(study: optuna.Study, top: int = 4) -> Figure:
         axes.plot(list(curve), list(curve.values()), marker="o", label=label)
     axes.set_xscale("log", base=2)
     _plain_numbers(axes, 2)
-    axes.set_xlabel("client concurrency (log scale)")
+    rate = StudySettings.of(study).open_loop
+    axes.set_xlabel("offered request rate (requests/s, log scale)" if rate else "client concurrency (log scale)")
     axes.set_ylabel("throughput (infer/sec)")
-    axes.set_title(f"{study.study_name}: throughput against concurrency")
+    axes.set_title(f"{study.study_name}: throughput against {'request rate' if rate else 'concurrency'}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="best")
     return figure
 
 
-def _points(trial: FrozenTrial) -> list[tuple[int, float]]:
-    """(concurrency, throughput) as a trial measured it: each point of its sweep, or its one point."""
+def _points(trial: FrozenTrial) -> list[tuple[float, float]]:
+    """(concurrency or rate, throughput) as a trial measured it: each point of its sweep, or its one point."""
     sweep = trial.user_attrs.get("sweep")
     if sweep:
-        return [(int(concurrency), throughput) for concurrency, throughput, _ in sweep]
+        return [(at, throughput) for at, throughput, _ in sweep]
     return [(trial.user_attrs["concurrency"], trial.value or 0.0)]
 
 

@@ -7,7 +7,7 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from autotune.records import best_trial, counted_trials
+from autotune.records import OFFERED_RATE_KEY, best_trial, counted_trials
 from autotune.report.summary import trial_line
 from autotune.search import DEFAULT_STRATEGY, Strategy
 
@@ -52,4 +52,7 @@ def _best(study: optuna.Study) -> str:
     best = best_trial(study)
     if best is None:
         return "no feasible trial yet"
+    if OFFERED_RATE_KEY in best.user_attrs:
+        return (f"best sustains {best.value:.0f} requests/s, p95 {best.user_attrs['p95_ms']:.2f} ms "
+                f"(trial {best.number})")
     return f"best {best.value:.1f} infer/sec, p95 {best.user_attrs['p95_ms']:.2f} ms (trial {best.number})"

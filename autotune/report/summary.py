@@ -1,4 +1,8 @@
-"""What a study found, for people and for scripts: a perf_analyzer-style summary, JSON, and the best config.pbtxt."""
+"""What a study found, for people and for scripts: a perf_analyzer-style summary, JSON, and the best config.pbtxt.
+
+A closed loop's trial stands at a concurrency and its value is its throughput; an open loop's stands at the request
+rate it sustains, which is its value ("sustains 1200 requests/s at p95 8.1 ms").
+"""
 
 from __future__ import annotations
 
@@ -16,19 +20,36 @@ from autotune.records import (
     CONFIRMED_KEY,
     MAX_P95_KEY,
     MODEL_KEY,
+    OFFERED_RATE_KEY,
     SAME_AS_KEY,
     StudySettings,
     baseline_trial,
     best_trial,
-    deployed_concurrency,
+    deployed_level,
     is_feasible,
     top_feasible,
+    trial_level,
     trial_params,
 )
 from autotune.search import DEFAULT_STRATEGY, Strategy
 from autotune.triton.model_config import ModelConfig, apply, parse_pbtxt, to_pbtxt
 
 _METRICS = ("throughput", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "concurrency", "errors")
+
+
+def _open_loop(trial: FrozenTrial) -> bool:
+    return OFFERED_RATE_KEY in trial.user_attrs
+
+
+def load_words(trial: FrozenTrial, at: float | None = None) -> str:
+    """Where a trial stands (or ``at``), in words: "concurrency 16", "1200 requests/s"."""
+    at = trial_level(trial) if at is None else at
+    return f"{at:.0f} requests/s" if _open_loop(trial) else f"concurrency {at}"
+
+
+def _sustains(trial: FrozenTrial, at: float | None = None) -> str:
+    """A feasible open-loop trial's headline: "sustains 1200 requests/s at p95 8.10 ms"."""
+    return f"sustains {load_words(trial, at)} at p95 {trial.user_attrs['p95_ms']:.2f} ms"
 
 
 def describe(params: dict[str, Any]) -> str:
@@ -54,23 +75,30 @@ def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float, strategy: S
         reason = attrs.get("fail_reason") or attrs.get("pruned_reason") or "interrupted"
         return f"{head} {trial.state.name.lower()}: {reason} [{settings}]"
     verdict = "ok" if is_feasible(trial) else (
-        f"{attrs['errors']} errors" if attrs.get("errors") else f"over the {max_p95_ms:g} ms limit")
+        f"{attrs['errors']} errors" if attrs.get("errors") else f"over the {max_p95_ms:g} ms limit"
+        if attrs["p95_ms"] > max_p95_ms else "fell behind its schedule")
     verdict += "".join(f", {origin}" for origin in strategy.label(trial))
     if SAME_AS_KEY in attrs:
         verdict += f", as trial {attrs[SAME_AS_KEY]} measured these settings"
-    return (f"{head} concurrency {attrs['concurrency']:>3}: {trial.value:8.1f} infer/sec, p95 {attrs['p95_ms']:7.2f} ms"
+    where = (f"{attrs[OFFERED_RATE_KEY]:6.0f} requests/s" if _open_loop(trial)
+             else f"concurrency {attrs['concurrency']:>3}")
+    return (f"{head} {where}: {attrs['throughput']:8.1f} infer/sec, p95 {attrs['p95_ms']:7.2f} ms"
             f" {verdict} [{settings}]")
 
 
 def _pa_line(trial: FrozenTrial) -> str:
+    """A trial's point in perf_analyzer's words; an open loop's headed by the rate it sustains, where it does."""
     attrs = trial.user_attrs
-    return (f"Concurrency: {attrs['concurrency']}, throughput: {attrs['throughput']:.1f} infer/sec, "
-            f"latency p95 {attrs['p95_ms'] * 1000:.0f} usec")
+    load = (f"Request Rate: {attrs[OFFERED_RATE_KEY]:g}" if _open_loop(trial)
+            else f"Concurrency: {attrs['concurrency']}")
+    line = f"{load}, throughput: {attrs['throughput']:.1f} infer/sec, latency p95 {attrs['p95_ms'] * 1000:.0f} usec"
+    return f"{_sustains(trial)} ({line})" if _open_loop(trial) and is_feasible(trial) else line
 
 
 def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> str:
     """The perf_analyzer-style text printed at the end of ``optimize`` and by ``report``."""
-    max_p95_ms = StudySettings.of(study).max_p95_ms
+    settings = StudySettings.of(study)
+    max_p95_ms = settings.max_p95_ms
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name.lower() for t in trials)
     infeasible = sum(t.state == TrialState.COMPLETE and not is_feasible(t) for t in trials)
@@ -88,19 +116,24 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
     gain = f" ({ratio:.2f}x the baseline)" if ratio is not None else ""
     lines += ["", f"Best (trial {best.number}): {_pa_line(best)}{gain}", f"  {describe(best.user_attrs['config'])}"]
     if best.user_attrs.get(CAPPED_KEY):
-        lines.append(f"  Its throughput still rose at concurrency {best.user_attrs['concurrency']}, the search space's "
+        lines.append(f"  The client fell behind its schedule above {load_words(best)}: the config may sustain more; "
+                     "raise --client-processes to look further." if _open_loop(best) else
+                     f"  Its throughput still rose at concurrency {best.user_attrs['concurrency']}, the search space's "
                      "highest: raise concurrency.high in the space to look further.")
     lines += confirmation(study)
     ranked = top_feasible(study, top)
+    level = "req/s" if _open_loop(best) else "conc"
     lines += ["", f"Top {len(ranked)} feasible configurations:",
-              f"{'trial':>5} {'conc':>5} {'infer/sec':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  settings"]
+              f"{'trial':>5} {level:>6} {'infer/sec':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  settings"]
     for trial in ranked:
         a = trial.user_attrs
-        lines.append(f"{trial.number:>5} {a['concurrency']:>5} {trial.value:>10.1f} {a['p50_ms']:>8.2f} "
+        lines.append(f"{trial.number:>5} {trial_level(trial):>6.0f} {a['throughput']:>10.1f} {a['p50_ms']:>8.2f} "
                      f"{a['p95_ms']:>8.2f} {a['p99_ms']:>8.2f}  {describe(a['config'])}")
     if output is not None:
-        lines += ["", f"Best config written to {output} (run clients at concurrency "
-                      f"{deployed_concurrency(study, best)})."]
+        deploy = deployed_level(study, best)
+        where = (f"it sustained {load_words(best, deploy)} under {settings.load.removeprefix('rate, ')} arrivals"
+                 if _open_loop(best) else f"run clients at concurrency {deploy}")
+        lines += ["", f"Best config written to {output} ({where})."]
     return "\n".join(lines)
 
 
@@ -116,18 +149,24 @@ def confirmation(study: optuna.Study) -> list[str]:
         throughput = run["throughput"]
         median = float(np.median(throughput))
         spread = (max(throughput) - min(throughput)) / 2 / median if median else 0.0
-        held = sum(p is not None and p <= confirmed[MAX_P95_KEY] and not e
-                   for p, e in zip(run["p95_ms"], run["errors"], strict=True))
+        held = sum(p is not None and p <= confirmed[MAX_P95_KEY] and not e and kept
+                   for p, e, kept in zip(run["p95_ms"], run["errors"], run.get("kept_up", [True] * len(throughput)),
+                                         strict=True))
         p95 = ", ".join("-" if p is None else f"{p:.2f}" for p in run["p95_ms"])
         mark = "  <- winner" if run["trial"] == confirmed["winner"] else ""
-        moved = run.get("concurrency", [])
-        at = f" at concurrency {', '.join(map(str, moved))}" if len(set(moved)) > 1 else ""
-        lines.append(f"  trial {run['trial']:>3}: first {run['first'][0]:.1f} infer/sec, again median {median:.1f} "
+        first = (f"sustained {run['first'][0]:.0f} requests/s" if "rate" in run
+                 else f"first {run['first'][0]:.1f} infer/sec")
+        moved = run.get("rate", run.get("concurrency", []))
+        at = ("" if len(set(moved)) < 2 else f" at {', '.join(f'{r:.0f}' for r in moved)} requests/s" if "rate" in run
+              else f" at concurrency {', '.join(map(str, moved))}")
+        lines.append(f"  trial {run['trial']:>3}: {first}, again median {median:.1f} infer/sec "
                      f"(±{spread:.0%}){at}; p95 {p95} ms; held the limit {held} of {len(throughput)}{mark}")
-    if "concurrency" in confirmed and any(run["trial"] == confirmed["winner"] and len(set(run["concurrency"])) > 1
-                                          for run in runs):
-        lines.append(f"  A run over the limit moves that trial's next runs to fewer requests in flight: the winner "
-                     f"holds it at concurrency {confirmed['concurrency']}, where its runs held it most often.")
+    for level, fewer, where in (("concurrency", "fewer requests in flight", "concurrency {}"),
+                                ("rate", "a lower rate", "{:.0f} requests/s")):
+        if level in confirmed and any(run["trial"] == confirmed["winner"] and len(set(run[level])) > 1
+                                      for run in runs):
+            lines.append(f"  A run over the limit moves that trial's next runs to {fewer}: the winner holds it at "
+                         f"{where.format(confirmed[level])}, where its runs held it most often.")
     return lines
 
 
@@ -143,24 +182,33 @@ def study_note(study: optuna.Study) -> str:
     config, best = found
     ratio = _gain(best, baseline_trial(study))
     gain = f", {ratio:.2f}x the baseline" if ratio is not None else ""
-    return (f"## Best feasible: trial {best.number}\n\n{best.value:.1f} infer/sec at concurrency "
-            f"{deployed_concurrency(study, best)}, p95 {best.user_attrs['p95_ms']:.2f} ms (limit {limit} ms){gain}.\n\n"
+    deploy = deployed_level(study, best)
+    figures = (_sustains(best, deploy) if _open_loop(best) else
+               f"{best.value:.1f} infer/sec at concurrency {deploy}, p95 {best.user_attrs['p95_ms']:.2f} ms")
+    return (f"## Best feasible: trial {best.number}\n\n{figures} (limit {limit} ms){gain}.\n\n"
             f"```\n{to_pbtxt(config)}```\n")
 
 
 def _gain(best: FrozenTrial | None, baseline: FrozenTrial | None) -> float | None:
-    """The best trial's throughput over the baseline's, when both exist."""
+    """The best trial's throughput (or rate sustained) over the baseline's, when both exist; an open loop's
+    baseline only where it sustained a rate at all."""
     if best is None or baseline is None or not baseline.user_attrs.get("throughput"):
         return None
+    if _open_loop(baseline):
+        return (best.value or 0.0) / baseline.value if is_feasible(baseline) and baseline.value else None
     return (best.value or 0.0) / baseline.user_attrs["throughput"]
 
 
-def trial_json(trial: FrozenTrial | None, concurrency: int | None = None) -> dict[str, Any] | None:
-    """A trial's figures; ``concurrency`` is where to run it when that is not where it was measured."""
+def trial_json(trial: FrozenTrial | None, at: float | None = None) -> dict[str, Any] | None:
+    """A trial's figures (an open loop's with the rate it stands on); ``at`` is where to run it (concurrency or
+    rate) when that is not where it was measured."""
     if trial is None:
         return None
     metrics = {key: trial.user_attrs.get(key) for key in _METRICS}
-    deploy = {} if concurrency in (None, metrics["concurrency"]) else {"deploy_concurrency": concurrency}
+    if _open_loop(trial):
+        metrics[OFFERED_RATE_KEY] = trial.user_attrs[OFFERED_RATE_KEY]
+    deploy_key = "deploy_rate" if _open_loop(trial) else "deploy_concurrency"
+    deploy = {} if at in (None, trial_level(trial)) else {deploy_key: at}
     return {"trial": trial.number, **metrics, **deploy, "config": trial.user_attrs.get("config")}
 
 
@@ -173,9 +221,10 @@ def study_json(study: optuna.Study, storage: str, output: Path | None) -> dict[s
         "storage": storage,
         "model": study.user_attrs.get(MODEL_KEY),
         "max_p95_ms": study.user_attrs.get(MAX_P95_KEY),
+        "load": StudySettings.of(study).load,
         "trials": {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState},
         "baseline": trial_json(baseline),
-        "best": trial_json(best, deployed_concurrency(study, best) if best is not None else None),
+        "best": trial_json(best, deployed_level(study, best) if best is not None else None),
         "gain": _gain(best, baseline),
         "output": str(output) if output is not None and best is not None else None,
     }
@@ -192,11 +241,19 @@ def best_config(study: optuna.Study) -> tuple[ModelConfig, FrozenTrial] | None:
 
 def export(config: ModelConfig, trial: FrozenTrial, study: optuna.Study, path: Path) -> None:
     """Write a ready-to-deploy config.pbtxt, headed by a comment saying where it came from."""
-    a = trial.user_attrs
-    header = (f"# Tuned by autotune: study {study.study_name}, trial {trial.number}.\n"
-              f"# Measured {trial.value:.1f} infer/sec at client concurrency {a['concurrency']}, "
-              f"p95 {a['p95_ms']:.2f} ms (limit {study.user_attrs.get(MAX_P95_KEY)} ms).\n")
-    if (deploy := deployed_concurrency(study, trial)) != a["concurrency"]:
-        header += f"# Re-measured, it held the limit at client concurrency {deploy}: run clients there.\n"
+    a, limit = trial.user_attrs, study.user_attrs.get(MAX_P95_KEY)
+    deploy = deployed_level(study, trial)
+    if _open_loop(trial):
+        header = (f"# Tuned by autotune: study {study.study_name}, trial {trial.number}, under an open loop "
+                  f"({StudySettings.of(study).load.removeprefix('rate, ')} arrivals).\n"
+                  f"# It {_sustains(trial)} (limit {limit} ms).\n")
+        if deploy != trial_level(trial):
+            header += f"# Re-measured, it held the limit at {load_words(trial, deploy)}.\n"
+    else:
+        header = (f"# Tuned by autotune: study {study.study_name}, trial {trial.number}.\n"
+                  f"# Measured {trial.value:.1f} infer/sec at client concurrency {a['concurrency']}, "
+                  f"p95 {a['p95_ms']:.2f} ms (limit {limit} ms).\n")
+        if deploy != a["concurrency"]:
+            header += f"# Re-measured, it held the limit at client concurrency {deploy}: run clients there.\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + to_pbtxt(config))

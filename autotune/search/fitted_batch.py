@@ -30,8 +30,8 @@ class FittedBatch(Proposer):
         sizes, trials = context.space.batch_sizes(context.base), context.trials
         done = {t.user_attrs.get(FITTED_FROM_KEY) for t in trials if counts_or_pending(t)}
         for rule in rules_of_thumb(trials):
-            if rule.number in done or CONCURRENCY_KEY not in rule.user_attrs or "max_batch_size" not in rule.params:
-                continue
+            if rule.number in done or not rule.user_attrs.get(CONCURRENCY_KEY) or "max_batch_size" not in rule.params:
+                continue  # not measured yet, an open loop's (no requests-in-flight knee), or nothing to batch
             knee = rule.user_attrs[CONCURRENCY_KEY]
             batch = min(sizes, key=lambda size: abs(math.log2(size / knee)))
             if 2 <= batch < rule.params["max_batch_size"]:

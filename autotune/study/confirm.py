@@ -4,7 +4,9 @@ those runs rather than on its first, flattered reading.
 A sweep stands on the most requests in flight that held the limit once, so the top trials sit on the limit's edge
 and the next reading often breaks it. A run that breaks the limit moves that trial's next runs to fewer requests in
 flight, as many fewer as its p95 was over (at saturation latency grows with the requests in flight, Little's law),
-and a little more: the winner is crowned, and deployed, at the concurrency where its runs held most often.
+and a little more: the winner is crowned, and deployed, at the concurrency where its runs held most often. An open
+loop's trials are measured again at the rate they sustained; a run that did not sustain it moves the next runs to
+``MARGIN`` of that rate.
 """
 
 from __future__ import annotations
@@ -19,41 +21,48 @@ from optuna.storages import BaseStorage
 from optuna_dashboard import save_note
 
 from autotune.load.policy import Meter
-from autotune.records import CONCURRENCY_KEY, CONFIRM_TOP, CONFIRMED_KEY, MAX_P95_KEY, top_feasible, trial_params
+from autotune.records import CONFIRM_TOP, CONFIRMED_KEY, MAX_P95_KEY, top_feasible, trial_level, trial_params
 from autotune.report.notes import crowned_note
 from autotune.study.objective import Target
 from autotune.triton.model_config import apply
 
-# A trial whose run broke the limit is measured next at this share of the concurrency that would just hold it.
+# A trial whose run broke the limit is measured next at this share of the concurrency that would just hold it, or
+# of the rate it did not sustain.
 MARGIN = 0.9
 
 
 @dataclass(frozen=True)
 class Run:
-    """One re-measurement of a trial's config, at ``concurrency`` requests in flight."""
+    """One re-measurement of a trial's config, at ``at`` requests in flight, or, ``open_loop``, per second; an open
+    loop's run also says whether it kept up with that rate."""
 
     throughput: float
     p95_ms: float
     errors: int
-    concurrency: int
+    at: float
+    open_loop: bool = False
+    kept_up: bool = True
 
     def held(self, max_p95_ms: float) -> bool:
-        return self.p95_ms <= max_p95_ms and not self.errors
+        return self.p95_ms <= max_p95_ms and not self.errors and self.kept_up
 
-    def fewer(self, max_p95_ms: float) -> int:
-        """Where to measure next after this run broke the limit: as many requests in flight as would hold it."""
+    def fewer(self, max_p95_ms: float) -> float:
+        """Where to measure next after this run broke the limit: as many requests in flight as would hold it, or
+        a rate ``MARGIN`` of this one."""
+        if self.open_loop:
+            return self.at * MARGIN
         if self.errors or not math.isfinite(self.p95_ms):
-            return self.concurrency
-        return max(1, min(self.concurrency - 1, int(self.concurrency * MARGIN * max_p95_ms / self.p95_ms)))
+            return self.at
+        return max(1, min(self.at - 1, int(self.at * MARGIN * max_p95_ms / self.p95_ms)))
 
 
 def standing(runs: Sequence[Run], max_p95_ms: float) -> list[Run]:
     """The runs a trial is judged on: those at the concurrency where they held the limit most often, then read the
     highest median throughput. Fewer requests in flight are not always better: below its batch size, a batcher
     with a long delay waits the delay out, and its p95 rises."""
-    at: dict[int, list[Run]] = {}
+    at: dict[float, list[Run]] = {}
     for run in runs:
-        at.setdefault(run.concurrency, []).append(run)
+        at.setdefault(run.at, []).append(run)
     return max(at.values(), key=lambda group: (_held(group, max_p95_ms), _median(group)))
 
 
@@ -88,30 +97,35 @@ def confirm(study: optuna.Study, storage: BaseStorage, target: Target, meter: Me
     if rounds < 1 or not top:
         return
     base, max_p95_ms = target.original, meter.max_p95_ms
+    open_loop = meter.arrivals is not None
+    level = "rate" if open_loop else "concurrency"  # what the record calls where each run was measured
     runs: dict[int, list[Run]] = {t.number: [] for t in top}
-    concurrency = {t.number: int(t.user_attrs[CONCURRENCY_KEY]) for t in top}
+    where = {t.number: trial_level(t) for t in top}
     # Every other round backwards (A B C, C B A, ...): a drift of the machine's speed weighs on all alike, and the
     # config measured last in a round is measured first in the next without a reload.
     for trial in (t for round_ in range(rounds) for t in (top if round_ % 2 == 0 else top[::-1])):
-        at = concurrency[trial.number]
+        at = where[trial.number]
         measured = meter.again(at, target.apply(apply(base, trial_params(trial))))
-        run = Run(measured.throughput, measured.p95_ms, measured.errors, at)
+        run = Run(measured.throughput, measured.p95_ms, measured.errors, at, open_loop,
+                  not (open_loop and measured.fell_behind))
         runs[trial.number].append(run)
         if not run.held(max_p95_ms):
-            concurrency[trial.number] = run.fewer(max_p95_ms)
+            where[trial.number] = run.fewer(max_p95_ms)
     winner = next(t for t in top if t.number == crown(runs, max_p95_ms))
     won = standing(runs[winner.number], max_p95_ms)
     study.set_user_attr(CONFIRMED_KEY, {
         "winner": winner.number,
-        "concurrency": won[0].concurrency,
+        level: won[0].at,
         MAX_P95_KEY: max_p95_ms,
         "trials": [{"trial": t.number, "first": [round(t.value or 0.0, 2), t.user_attrs["p95_ms"]],
                     "throughput": [round(r.throughput, 2) for r in runs[t.number]],
                     "p95_ms": [round(r.p95_ms, 3) if math.isfinite(r.p95_ms) else None for r in runs[t.number]],
                     "errors": [r.errors for r in runs[t.number]],
-                    "concurrency": [r.concurrency for r in runs[t.number]]} for t in top],
+                    **({"kept_up": [r.kept_up for r in runs[t.number]]} if open_loop else {}),
+                    level: [r.at for r in runs[t.number]]} for t in top],
     })
     trial_id = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(study.study_name), winner.number)
+    load = f"{won[0].at:.0f} requests/s" if open_loop else f"concurrency {won[0].at}"
     save_note(optuna.Trial(study, trial_id), crowned_note(
-        apply(base, trial_params(winner)), won[0].concurrency, [r.throughput for r in won], [r.p95_ms for r in won]))
+        apply(base, trial_params(winner)), load, [r.throughput for r in won], [r.p95_ms for r in won]))

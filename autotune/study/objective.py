@@ -1,8 +1,9 @@
 """One trial: the settings it was given, loaded on the server, measured, and recorded on the trial.
 
 The trial's user attributes hold its settings, its measurement and what its time went on; the p95 limit and the
-request errors are its constraints (``records.constraints``), which the sampler honours. A trial whose settings an
-earlier trial measured takes that trial's figures instead of measuring them again.
+request errors are its constraints (``records.constraints``), which the sampler honours, and an open loop's trial
+also whether it kept up with the rate it stands on; its value is that rate, a closed loop's its throughput. A trial
+whose settings an earlier trial measured takes that trial's figures instead of measuring them again.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ class Target(Protocol):
 
 @dataclass
 class Objective:
-    """Measures one trial of a study on ``target`` with ``meter`` (which holds the p95 limit); returns its
-    throughput, as Optuna's objectives do.
+    """Measures one trial of a study on ``target`` with ``meter`` (which holds the p95 limit, and the open loop's
+    arrivals where the study sweeps rates); returns its throughput, or the rate it sustains, as Optuna's objectives
+    do.
 
     Raises ``optuna.TrialPruned`` for a measurement cut short, and ``TrialFailed`` (its reason recorded) for a
     config the server refused or a model that never answered.
@@ -103,11 +105,15 @@ class Objective:
         before = self.target.statistics()
         best = best_trial(trial.study)
         # A sweep starts where the best peaked; a trial that cannot beat the best is cut short.
-        start = best.user_attrs[CONCURRENCY_KEY] if best is not None and concurrency is None else 1
         to_beat = best.value if best is not None and best.value is not None else -math.inf
         started = time.monotonic()
-        reading = self.meter.trial(reloaded, params.fill_level, concurrency, start, to_beat)
+        if self.meter.arrivals is not None:
+            reading = self.meter.rate_trial(reloaded, to_beat)
+        else:
+            start = best.user_attrs[CONCURRENCY_KEY] if best is not None and concurrency is None else 1
+            reading = self.meter.trial(reloaded, params.fill_level, concurrency, start, to_beat)
         measurement = reading.measurement
+        value = measurement.offered_rate if measurement.open_loop else measurement.throughput
         if concurrency is None:
             trial.set_user_attr(SWEEP_KEY, [point.as_record() for point in reading.sweep])
         if reading.capped:
@@ -122,26 +128,25 @@ class Objective:
             reason = f"no request succeeded: {measurement.first_error or 'no reply within the window'}"
             trial.set_user_attr(FAIL_REASON_KEY, reason)
             raise TrialFailed(reason)
-        limits = constraints(measurement.p95_ms, measurement.errors, self.meter.max_p95_ms)
+        limits = constraints(measurement.p95_ms, measurement.errors, self.meter.max_p95_ms,
+                             measurement.shortfall if measurement.open_loop else None)
         set_constraints(trial, limits)
         if trial.user_attrs.get(BASELINE_KEY):
             trial.study.set_user_attr(BASELINE_SUMMARY_KEY, {
                 "trial": trial.number, "throughput": round(measurement.throughput, 2),
                 "p95_ms": round(measurement.p95_ms, 3), "concurrency": measurement.concurrency,
+                **({"offered_rate": measurement.offered_rate} if measurement.open_loop else {}),
             })
         if measurement.cut_short:
             why = (f"{measurement.errors} errors" if measurement.errors else
                    f"median latency {measurement.p50_ms:.1f} ms, over the limit")
-            _prune(trial, measurement, f"stopped after window {measurement.windows}: {why}")
+            _prune(trial, value, measurement.windows, f"stopped after window {measurement.windows}: {why}")
         if reading.cannot_win:
             trial.set_user_attr(CANNOT_WIN_KEY, True)
-            _prune(trial, measurement, f"cannot win: {measurement.throughput:.0f} infer/s over the limit at "
-                   f"concurrency {measurement.concurrency}, and fewer requests in flight read less; the best holds "
-                   f"{to_beat:.0f}")
-        if all(c <= 0 for c in limits) and measurement.throughput > best_value(trial.study):
-            save_note(trial, new_best_note(config, measurement.throughput, measurement.concurrency,
-                                           measurement.p95_ms))
-        return measurement.throughput
+            _prune(trial, value, measurement.windows, _cannot_win(measurement, to_beat))
+        if all(c <= 0 for c in limits) and value > best_value(trial.study):
+            save_note(trial, new_best_note(config, measurement))
+        return value
 
     def _measured_twin(self, study: optuna.Study, params: ServerParams, concurrency: int | None) -> FrozenTrial | None:
         """A complete trial that measured these server settings (at this concurrency, where it is sampled).
@@ -158,11 +163,21 @@ class Objective:
         return None
 
 
-def _prune(trial: optuna.Trial, measurement: Measurement, reason: str) -> NoReturn:
+def _prune(trial: optuna.Trial, value: float, windows: int, reason: str) -> NoReturn:
     """End a trial as pruned: its reading as the last intermediate value, and why."""
-    trial.report(measurement.throughput, step=measurement.windows)
+    trial.report(value, step=windows)
     trial.set_user_attr(PRUNED_REASON_KEY, reason)
     raise optuna.TrialPruned(reason)
+
+
+def _cannot_win(measurement: Measurement, to_beat: float) -> str:
+    if measurement.open_loop:
+        why = (f"{measurement.fell_behind} fell behind" if measurement.fell_behind
+               else f"p95 {measurement.p95_ms:.1f} ms, over the limit")
+        return (f"cannot win: did not sustain {measurement.offered_rate:.0f} requests/s ({why}), and a higher rate "
+                f"does no better; the best sustains {to_beat:.0f}")
+    return (f"cannot win: {measurement.throughput:.0f} infer/s over the limit at concurrency "
+            f"{measurement.concurrency}, and fewer requests in flight read less; the best holds {to_beat:.0f}")
 
 
 def _answer_from(trial: optuna.Trial, twin: FrozenTrial) -> float:

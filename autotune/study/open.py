@@ -9,22 +9,32 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from autotune.errors import AutotuneError
-from autotune.records import BASE_CONFIG_KEY, CONFIG_KEY, MAX_P95_KEY, MODEL_KEY, RESTORE_PENDING_KEY, trial_params
+from autotune.records import (
+    BASE_CONFIG_KEY,
+    CLOSED_LOOP,
+    CONFIG_KEY,
+    LOAD_KEY,
+    MAX_P95_KEY,
+    MODEL_KEY,
+    RESTORE_PENDING_KEY,
+    trial_params,
+)
 from autotune.search.samplers import SamplerName, make_sampler
 from autotune.study.storage import mask_password, open_storage
 from autotune.triton.model_config import ModelConfig, params_of, parse_pbtxt
 
 # What a worker records about its server; a worker whose server differs from the study's is warned.
 HARDWARE_ATTRS = ("server_version", "instance_kind", "cpu")
-# What the study maximises, as the dashboard and Optuna's plots label it.
+# What the study maximises, as the dashboard and Optuna's plots label it: closed-loop, open-loop.
 OBJECTIVE_NAME = "infer/sec"
+RATE_OBJECTIVE_NAME = "requests/sec sustained"
 
 
 def open_study(name: str, storage: BaseStorage, seed: int | None, attrs: dict[str, object],
                sampler: SamplerName = "tpe") -> optuna.Study:
     """Create or resume the study, recording ``attrs`` where it has none yet.
 
-    Refuses to mix trials measured under a different model or limit.
+    Refuses to mix trials measured under a different model, limit or load.
     """
     try:
         started = len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
@@ -35,12 +45,15 @@ def open_study(name: str, storage: BaseStorage, seed: int | None, attrs: dict[st
     study = optuna.create_study(study_name=name, storage=storage, sampler=chosen, direction="maximize",
                                 load_if_exists=True)
     if study.metric_names is None:  # optuna-dashboard names the objective by this, else "Objective 0"
-        study.set_metric_names([OBJECTIVE_NAME])
+        study.set_metric_names([OBJECTIVE_NAME if attrs.get(LOAD_KEY, CLOSED_LOOP) == CLOSED_LOOP
+                                else RATE_OBJECTIVE_NAME])
     for key, value in attrs.items():
         recorded = study.user_attrs.get(key)
+        if recorded is None and key == LOAD_KEY and started:
+            recorded = CLOSED_LOOP  # a study from before open loops measured under a closed one
         if recorded is None:
             study.set_user_attr(key, value)
-        elif key in (MODEL_KEY, MAX_P95_KEY) and recorded != value:
+        elif key in (MODEL_KEY, MAX_P95_KEY, LOAD_KEY) and recorded != value:
             raise AutotuneError(
                 f"study {name!r} was run with {key} = {recorded}, not {value}; choose another --study"
             )

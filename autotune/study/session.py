@@ -17,7 +17,15 @@ from rich.console import Console
 
 from autotune.load.loop import LoadGenerator
 from autotune.load.policy import Meter
-from autotune.records import BASE_CONFIG_KEY, CONFIRM_ROUNDS, CONFIRM_TOP, RESTORE_PENDING_KEY, StudySettings
+from autotune.load.schedule import Schedule
+from autotune.records import (
+    BASE_CONFIG_KEY,
+    CLOSED_LOOP,
+    CONFIRM_ROUNDS,
+    CONFIRM_TOP,
+    RESTORE_PENDING_KEY,
+    StudySettings,
+)
 from autotune.report.progress import TrialProgress
 from autotune.report.summary import study_note
 from autotune.search import ConcurrencySearch, SamplerName, SearchSpace, Strategy, strategy_for
@@ -46,13 +54,22 @@ class Budget:
 
 @dataclass(frozen=True)
 class Search:
-    """How the study searches: Optuna's sampler, whether concurrency is sampled or swept, and the strategy that
-    proposes trials (None: the one that goes with the sampler, ``strategy_for``)."""
+    """How the study searches: Optuna's sampler, whether concurrency is sampled or swept, the strategy that
+    proposes trials (None: the one that goes with the sampler, ``strategy_for``), and, for a study of the highest
+    request rate sustained, the open loop's ``arrivals`` (their pattern; the rate sweep sets the rate) and its cap
+    on requests in flight."""
 
     sampler: SamplerName = "tpe"
     concurrency: ConcurrencySearch = "sweep"
     seed: int | None = None
     strategy: Strategy | None = None
+    arrivals: Schedule | None = None
+    max_in_flight: int = 512
+
+    @property
+    def load(self) -> str:
+        """What the study measures under, as it records it (``records.LOAD_KEY``)."""
+        return CLOSED_LOOP if self.arrivals is None else f"rate, {self.arrivals.arrivals}"
 
 
 def tune(server: ModelServer, load: LoadGenerator, space: SearchSpace, *, study_name: str, storage: str,
@@ -82,13 +99,16 @@ def tune(server: ModelServer, load: LoadGenerator, space: SearchSpace, *, study_
             if differences:
                 print(f"autotune: warning: this worker's server differs from the study's: {'; '.join(differences)}. "
                       "Its trials record worker_host and server_url, so they can be told apart.", file=sys.stderr)
-            meter = Meter(load, limit_ms, load.settings.warmup_s, space.concurrency_levels())
+            meter = Meter(load, limit_ms, load.settings.warmup_s, space.concurrency_levels(),
+                          arrivals=search.arrivals, max_in_flight=search.max_in_flight)
             objective = Objective(server, meter, space, search.concurrency == "sample", worker)
             strategy = search.strategy or strategy_for(search.sampler)
             tuner = Tuner(study, opened, objective, strategy, np.random.default_rng(search.seed))
             console = Console(stderr=True, soft_wrap=True, quiet=quiet)
-            console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit {limit_ms:g} ms, "
-                          f"study {study_name} in {mask_password(storage)}", markup=False, highlight=False)
+            goal = "" if search.arrivals is None else (
+                f", for the highest request rate sustained ({search.arrivals.arrivals} arrivals)")
+            console.print(f"Tuning {server.model} on {server.url}: {budget.trials} trials, p95 limit {limit_ms:g} ms"
+                          f"{goal}, study {study_name} in {mask_password(storage)}", markup=False, highlight=False)
             try:
                 with TrialProgress(study, budget.trials, limit_ms, console, strategy) as progress:
                     early_stop = tuner.optimize(budget.trials, [progress], budget.timeout_s, budget.patience)

@@ -1,0 +1,97 @@
+"""An open loop's sweep: the highest request rate a loaded config sustains, found by doubling, then bisecting.
+
+A rate is sustained where the server completed at least ``KEPT_UP`` of it, its p95 held the limit and no request
+erred (``Meter.sustained``). The sweep starts where a config could still beat the study's best (``CANNOT_WIN`` of
+the best's rate; a study's first trial at ``FIRST_RATE``), doubles while the config sustains the rate, halves while
+it does not, then bisects between the highest rate sustained and the lowest above it that was not, until the two
+are within ``RESOLUTION``: readings of one point move by about a tenth on a busy machine, finer steps measure noise.
+
+A config that does not sustain its start cannot win: a server that falls behind at one rate falls further behind
+at any higher one. Where the client, not the server, fell behind its schedule, the climb ends there: the config
+sustains at least the rate below, and the sweep says that the client bound it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from autotune.load.windows import Measurement
+
+# Where a study's first trial starts, in requests per second: doubling reaches 4096/s in six steps, halving 1/s.
+FIRST_RATE = 64.0
+LOWEST_RATE = 1.0
+# The sweep bisects until the highest sustained rate and the lowest broken one are this close.
+RESOLUTION = 0.1
+CLIENT = "the client"
+
+
+@dataclass(frozen=True)
+class RateSearch:
+    """What a rate sweep found: its points in the order measured, the one that stands for the config (the highest
+    rate sustained, else the point closest to holding the limit), whether the client's pace ended the climb, and
+    whether the config failed at a start that it had to sustain to win."""
+
+    points: tuple[Measurement, ...]
+    standing: Measurement
+    client_bound: bool = False
+    cannot_win: bool = False
+
+
+@dataclass
+class RateSweep:
+    """One rate sweep of the loaded config (use once). ``measure(rate, warmup_s)`` measures one point; the first
+    point warms up for ``warmup_s``, a point after a sustained one only settles for ``settle_s``, and one after a
+    point the server fell behind warms up fully again, so that its backlog drains before the windows count."""
+
+    measure: Callable[[float, float], Measurement]
+    sustained: Callable[[Measurement], bool]
+    warmup_s: float
+    settle_s: float
+    points: list[Measurement] = field(default_factory=list)
+
+    def run(self, start: float, must_sustain: bool) -> RateSearch:
+        """Sweep from ``start`` requests per second; ``must_sustain``: a config that does not sustain ``start``
+        cannot win (the start is what the study's best could still be beaten by)."""
+        measured = self._measure(start)
+        if self.sustained(measured):
+            while self.sustained(measured):
+                measured = self._measure(2 * measured.offered_rate)
+        elif must_sustain and not measured.errors and not self._client_late(measured):
+            return RateSearch(tuple(self.points), measured, cannot_win=True)
+        else:
+            while not measured.errors and not self.sustained(measured) and measured.offered_rate / 2 >= LOWEST_RATE:
+                measured = self._measure(measured.offered_rate / 2)
+        self._bisect()
+        return RateSearch(tuple(self.points), self._standing(),
+                          client_bound=any(self._client_late(p) for p in self.points))
+
+    def _measure(self, rate: float) -> Measurement:
+        rate = float(f"{rate:.3g}")  # three significant figures: "sustains 939 requests/s", finer is noise
+        previous = self.points[-1] if self.points else None
+        warmup_s = self.warmup_s if previous is None or not self.sustained(previous) else self.settle_s
+        measured = self.measure(rate, warmup_s)
+        self.points.append(measured)
+        return measured
+
+    def _client_late(self, measured: Measurement) -> bool:
+        return not self.sustained(measured) and measured.fell_behind == CLIENT
+
+    def _bisect(self) -> None:
+        """Between the highest rate sustained and the lowest above it the server fell behind at, until they are
+        within ``RESOLUTION``; a point the client fell behind at ends it."""
+        while True:
+            held = [p.offered_rate for p in self.points if self.sustained(p)]
+            if not held or any(self._client_late(p) for p in self.points):
+                return
+            above = [p.offered_rate for p in self.points if not self.sustained(p) and p.offered_rate > max(held)]
+            if not above or min(above) <= max(held) * (1 + RESOLUTION):
+                return
+            self._measure(math.sqrt(max(held) * min(above)))
+
+    def _standing(self) -> Measurement:
+        sustained = [p for p in self.points if self.sustained(p)]
+        if sustained:
+            return max(sustained, key=lambda p: p.offered_rate)
+        return min(self.points, key=lambda p: (p.errors > 0, p.cut_short, p.p95_ms, p.offered_rate))

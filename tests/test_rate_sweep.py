@@ -1,0 +1,106 @@
+"""An open loop's study, without a server: the rate sweep on a queueing server's figures, and what a rate study's
+trials, re-measurement and summary record."""
+
+from __future__ import annotations
+
+from fakes import QUICK, FakeTarget, QueueingServer, make_tuner
+
+from autotune.load.policy import CANNOT_WIN, SETTLE_S, Meter
+from autotune.load.rate_sweep import FIRST_RATE, RESOLUTION
+from autotune.load.schedule import Schedule
+from autotune.records import CONFIRMED_KEY, CONSTRAINTS_KEY, LOAD_KEY, best_trial, is_feasible
+from autotune.report.summary import study_json, summary, trial_line
+
+POISSON = Schedule(1.0, "poisson")
+
+
+def meter(server: QueueingServer, max_p95_ms: float = 100.0) -> Meter:
+    return Meter(server, max_p95_ms, QUICK.warmup_s, [1], arrivals=POISSON)
+
+
+def test_a_first_trial_doubles_from_the_first_rate_then_bisects_below_the_servers_capacity() -> None:
+    server = QueueingServer(capacity=1000.0)
+    reading = meter(server).rate_trial(reloaded=True)
+    assert server.rates == [64, 128, 256, 512, 1020, 723, 859, 936]
+    assert reading.measurement.offered_rate == 936, "three significant figures"
+    assert 1000 / (1 + RESOLUTION) <= reading.measurement.offered_rate < 1000
+    assert [point.at for point in reading.sweep] == [rate for rate, _ in server.points]
+
+
+def test_the_p95_limit_binds_before_the_capacity_where_the_queue_grows_past_it() -> None:
+    server = QueueingServer(capacity=1000.0)  # p95 = 1 ms / (1 - rate / 1000): 5 ms at 800 requests/s
+    reading = meter(server, max_p95_ms=5.0).rate_trial(reloaded=True)
+    assert 800 / (1 + RESOLUTION) <= reading.measurement.offered_rate <= 800
+    assert reading.measurement.p95_ms <= 5.0
+
+
+def test_a_point_after_one_the_server_fell_behind_at_warms_up_fully_so_that_its_backlog_drains() -> None:
+    server = QueueingServer(capacity=1000.0)
+    meter(server).rate_trial(reloaded=True)
+    warmups = dict(server.points)
+    assert warmups[64.0] == QUICK.warmup_s, "the first point after a reload"
+    assert warmups[128.0] == SETTLE_S, "after a sustained point"
+    assert warmups[723.0] == QUICK.warmup_s, "after 1020/s, which the server fell behind"
+
+
+def test_a_config_that_does_not_sustain_what_could_win_is_cut_short_after_one_point() -> None:
+    server = QueueingServer(capacity=1000.0)
+    reading = meter(server).rate_trial(reloaded=True, to_beat=2000.0)
+    assert server.rates == [round(CANNOT_WIN * 2000)]
+    assert reading.cannot_win and reading.measurement.fell_behind == "the server"
+
+
+def test_a_config_that_sustains_the_start_climbs_past_the_best() -> None:
+    server = QueueingServer(capacity=1000.0)
+    reading = meter(server).rate_trial(reloaded=True, to_beat=500.0)
+    assert server.rates[:3] == [450, 900, 1800]
+    assert not reading.cannot_win and reading.measurement.offered_rate > 900
+
+
+def test_a_client_that_falls_behind_ends_the_climb_and_says_so_instead_of_blaming_the_server() -> None:
+    server = QueueingServer(capacity=1000.0, client_limit=300.0)
+    reading = meter(server).rate_trial(reloaded=True)
+    assert server.rates == [64, 128, 256, 512], "no bisection above a rate the client could not send"
+    assert reading.capped and reading.measurement.offered_rate == 256
+
+
+def test_a_server_slower_than_the_first_rate_is_found_by_halving() -> None:
+    server = QueueingServer(capacity=20.0, service_ms=50.0)
+    reading = meter(server, max_p95_ms=1000.0).rate_trial(reloaded=True)
+    assert server.rates[:3] == [64, 32, 16]
+    assert 20 / (1 + RESOLUTION) ** 2 <= reading.measurement.offered_rate < 20
+    assert FIRST_RATE == 64
+
+
+def test_a_rate_studys_trials_stand_on_the_rate_they_sustain_and_the_winner_is_re_measured_there() -> None:
+    server = QueueingServer(capacity=1000.0)
+    tuner = make_tuner(FakeTarget(), server, max_p95_ms=100.0, concurrency_search="sweep", arrivals=POISSON)
+    tuner.study.set_user_attr(LOAD_KEY, "rate, poisson")
+    tuner.optimize(2)
+    first, second = tuner.study.trials
+    assert first.value == 936 and first.user_attrs["offered_rate"] == first.value
+    assert len(first.system_attrs[CONSTRAINTS_KEY]) == 3 and is_feasible(first)
+    assert server.rates[len(first.user_attrs["sweep"])] == round(CANNOT_WIN * first.value), "from where it could win"
+    assert trial_line(first, 2, 100.0).startswith("[1/2] trial 0    936 requests/s:")
+
+    server.points.clear()
+    tuner.confirm(rounds=2)
+    confirmed = tuner.study.user_attrs[CONFIRMED_KEY]
+    best = best_trial(tuner.study)
+    assert best is not None and confirmed["rate"] == best.value
+    assert all(run["kept_up"] == [True, True] for run in confirmed["trials"])
+    assert sorted(server.rates) == sorted(round(t.value) for t in (first, second) for _ in range(2))
+    text = summary(tuner.study)
+    assert f"Best (trial {best.number}): sustains {best.value:.0f} requests/s at p95" in text
+    assert "req/s" in text and "concurrency" not in text
+    assert study_json(tuner.study, "memory", None)["best"]["offered_rate"] == best.value
+
+
+def test_a_trial_that_sustains_no_rate_is_infeasible_even_where_its_p95_held() -> None:
+    server = QueueingServer(capacity=1e6, client_limit=0.5)  # every request leaves late
+    tuner = make_tuner(FakeTarget(), server, max_p95_ms=100.0, concurrency_search="sweep", arrivals=POISSON)
+    tuner.optimize(1)
+    trial = tuner.study.trials[0]
+    assert server.rates == [64, 32, 16, 8, 4, 2, 1]
+    assert trial.user_attrs["p95_ms"] < 100.0 and not is_feasible(trial)
+    assert trial_line(trial, 1, 100.0).split(" [")[0].endswith("fell behind its schedule")
