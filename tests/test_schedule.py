@@ -88,15 +88,15 @@ def test_the_open_loop_flags_become_one_schedule_per_point(tmp_path: Path) -> No
 
 
 def open_point(throughput: float, offered: float, lags_ms: list[float], cap_waits: int = 0) -> Measurement:
-    """A one-second open-loop point: ``throughput`` replies of 5 ms, sent ``lags_ms`` late."""
-    window = Window(np.full(int(throughput), 0.005), 0, "", 1.0, np.asarray(lags_ms) / 1e3, cap_waits)
+    """A one-second open-loop point: ``throughput`` replies of 5 ms, sent ``lags_ms`` late, of ``offered`` due."""
+    window = Window(np.full(int(throughput), 0.005), 0, "", 1.0, np.asarray(lags_ms) / 1e3, cap_waits, int(offered))
     return replace(summarise(0, [window], 0.1), offered_rate=offered)
 
 
 def test_an_open_point_says_who_fell_behind_its_schedule() -> None:
     assert open_point(995, 1000, [0.1] * 100).fell_behind == ""
     assert open_point(995, 1000, [0.1] * 90 + [5.0] * 10).fell_behind == "the client", "its p99 left 5 ms late"
-    assert open_point(800, 1000, [0.1] * 100).fell_behind == "the server", "it completed 80 % of the rate"
+    assert open_point(800, 1000, [0.1] * 100).fell_behind == "the server", "it completed 80 % of the requests due"
     assert open_point(995, 1000, [0.1] * 100, cap_waits=3).fell_behind == "the server", "requests piled up"
     closed = summarise(4, [Window(np.full(100, 0.005), 0, "", 1.0)], 0.1)
     assert closed.fell_behind == "" and math.isnan(closed.send_lag_p99_ms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -60,3 +61,15 @@ def test_a_point_without_a_single_reply_has_no_finite_latency() -> None:
     assert measured.requests == 0 and measured.throughput == 0.0
     assert all(math.isinf(p) for p in (measured.p50_ms, measured.p90_ms, measured.p95_ms, measured.p99_ms))
     assert math.isinf(measured.throughput_error) and not measured.stable
+
+
+def test_an_open_loop_kept_up_where_it_completed_what_fell_due_however_few_a_random_schedule_sent() -> None:
+    # 64 requests/s offered, Poisson: three half-second windows that held 27 requests due where 32 were expected.
+    windows = [Window(np.full(27, 0.002), 0, "", 0.5, np.full(27, 1e-4), 0, 27) for _ in range(3)]
+    measured = replace(summarise(0, windows, tolerance=0.10), offered_rate=64.0)
+    assert measured.throughput == measured.due_rate == 54.0
+    assert measured.fell_behind == "" and measured.shortfall < 0
+    behind = replace(measured, throughput=0.9 * measured.due_rate)
+    assert behind.fell_behind == "the server" and behind.shortfall == pytest.approx(0.05)
+    late = replace(measured, send_lag_p99_ms=5.0)
+    assert late.fell_behind == "the client" and late.shortfall == pytest.approx(0.05), "late is never kept up"
