@@ -43,6 +43,7 @@ def test_an_open_loop_offers_its_rate_and_a_server_with_room_keeps_up(triton: Em
     assert measurement.concurrency == 0 and measurement.offered_rate == 200.0
     assert measurement.errors == 0 and measurement.cap_waits == 0
     assert measurement.throughput == pytest.approx(200.0, rel=0.1)
+    assert measurement.due_rate == pytest.approx(200.0, rel=0.02), "what fell due in the windows, from every process"
     assert measurement.requests <= served, "every reply counted was one the server served"
     assert measurement.send_lag_p50_ms < 5.0
 

@@ -3,6 +3,7 @@ trials, re-measurement and summary record."""
 
 from __future__ import annotations
 
+import pytest
 from fakes import QUICK, FakeTarget, QueueingServer, make_tuner
 
 from autotune.load.policy import CANNOT_WIN, SETTLE_S, Meter
@@ -104,3 +105,14 @@ def test_a_trial_that_sustains_no_rate_is_infeasible_even_where_its_p95_held() -
     assert server.rates == [64, 32, 16, 8, 4, 2, 1]
     assert trial.user_attrs["p95_ms"] < 100.0 and not is_feasible(trial)
     assert trial_line(trial, 1, 100.0).split(" [")[0].endswith("fell behind its schedule")
+
+
+def test_a_re_measurement_that_falls_behind_the_trials_rate_moves_its_next_run_lower() -> None:
+    server = QueueingServer(capacity=1000.0)
+    tuner = make_tuner(FakeTarget(), server, max_p95_ms=100.0, concurrency_search="sweep", arrivals=POISSON)
+    tuner.optimize(1)
+    server.client_limit = 900.0  # the client now leaves its requests late at the trial's 936/s, p95 or not
+    tuner.confirm(rounds=2)
+    (run,) = tuner.study.user_attrs[CONFIRMED_KEY]["trials"]
+    assert run["rate"] == [936, pytest.approx(0.9 * 936)] and run["kept_up"] == [False, True]
+    assert tuner.study.user_attrs[CONFIRMED_KEY]["rate"] == pytest.approx(0.9 * 936)
