@@ -6,12 +6,14 @@ beside the rate that the closed-loop study's pick sustains.
 
 1. Studies. For each model, ``autotune optimize --load rate --distribution poisson`` and ``autotune optimize`` (the
    closed loop) run one after the other with the same limit, seed, trials and space (``studies/MODEL.yaml``), each on
-   its own embedded server, their wall time the whole command's.
+   its own embedded server, their wall time the whole command's; their databases stay in
+   ``benchmarks/results/studies/`` (not committed).
 2. The yardstick. On one embedded server, each pick and the model as shipped are swept again for the highest rate
    they sustain, by the study's own rate sweep from its first rate (64/s, doubling, then bisecting to within 10 %)
    with 1 s windows, round-robin, ``--rounds`` times; a config's score is its median rate. Then perf_analyzer
    (2.51, ``--request-rate-range`` with ``--async``, Poisson) measures every config at the rate the rate study's
-   pick was crowned at: whether another client sees that rate sustained, within the limit.
+   pick was crowned at: whether another client sees that rate sustained, within the limit. A rate marked "+" is
+   one above which the client fell behind its schedule: the config may sustain more.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def main() -> int:
 
 
 def _study(model: str, load: str, args: argparse.Namespace, tmp: Path) -> dict:
-    storage = tmp / f"{model}-{load}.db"
+    storage = ROOT / "benchmarks" / "results" / "studies" / f"rate_study-{model}-{load}-{args.seed}.db"
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    storage.unlink(missing_ok=True)
     space = ROOT / "studies" / f"{model}.yaml"
     command = [sys.executable, "-m", "autotune", "optimize", "--model", model, "--max-p95", f"{args.max_p95:g}ms",
                "--trials", str(args.trials), "--seed", str(args.seed), "--space", str(space),
@@ -92,25 +96,27 @@ def _yardstick(url: str, model: str, by_load: dict[str, dict], args: argparse.Na
                   for load, pick in by_load.items()}}
     load = LoadGenerator(url, model, YARDSTICK)
     meter = Meter(load, args.max_p95, YARDSTICK.warmup_s, [1], arrivals=Schedule(1.0, args.distribution))
-    rates: dict[str, list[float]] = {name: [] for name in configs}
+    rates: dict[str, list[str]] = {name: [] for name in configs}
     try:
         for round_ in range(args.rounds):
             for name in (list(configs) if round_ % 2 == 0 else list(configs)[::-1]):
                 reading = meter.rate_trial(server.apply(configs[name]))
                 sustained = meter.sustained(reading.measurement)
-                rates[name].append(reading.measurement.offered_rate if sustained else 0.0)
+                # "+": the client fell behind above it, so the config may sustain more
+                rates[name].append(f"{reading.measurement.offered_rate if sustained else 0.0:.0f}"
+                                   f"{'+' if reading.capped else ''}")
         best = by_load["rate"]["best"]
         at = best.get("deploy_rate", best["offered_rate"])
         print(f"\n### {model}, p95 limit {args.max_p95:g} ms, {args.distribution} arrivals\n")
         print(f"| config | highest rate sustained, {args.rounds} sweeps (median) | vs the rate pick | "
               f"perf_analyzer at {at:.0f}/s: infer/s, p95 ms |")
         print("|---|---|---|---|")
-        top = statistics.median(rates["rate pick"])
+        top = statistics.median(float(r.rstrip("+")) for r in rates["rate pick"])
         for name, config in configs.items():
             server.apply(config)
             throughput, p95_ms = analyzer.measure(model, at, args.distribution)
-            median = statistics.median(rates[name])
-            print(f"| {name} | {', '.join(f'{r:.0f}' for r in rates[name])} ({median:.0f}) | {median / top:.2f} | "
+            median = statistics.median(float(r.rstrip("+")) for r in rates[name])
+            print(f"| {name} | {', '.join(rates[name])} ({median:.0f}) | {median / top:.2f} | "
                   f"{throughput:.0f}, {p95_ms:.2f} |")
     finally:
         server.restore()

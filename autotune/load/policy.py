@@ -116,9 +116,10 @@ class Meter:
         return self.load.measure(int(at), warmup_s=self._warmup(reloaded), enough=self.enough())
 
     def sustained(self, measured: Measurement) -> bool:
-        """An open loop's point that held the limit without errors, and behind whose schedule neither the server nor
-        the client fell (``Measurement.fell_behind``: it completed at least ``KEPT_UP`` of the rate offered)."""
-        return self.feasible(measured) and not measured.fell_behind
+        """An open loop's point that held the limit without errors, and whose server kept up with its schedule
+        (``Measurement.kept_up``). Requests that the client sent late count from their scheduled time, so lateness
+        that breaks the limit breaks it here too, and lateness that does not, does not."""
+        return self.feasible(measured) and measured.kept_up
 
     def enough(self, to_beat: float = -math.inf) -> Callable[[Measurement], bool]:
         """When a point's figures so far are enough for the study to act on.

@@ -1,14 +1,16 @@
 """An open loop's sweep: the highest request rate a loaded config sustains, found by doubling, then bisecting.
 
-A rate is sustained where the server completed at least ``KEPT_UP`` of it, its p95 held the limit and no request
-erred (``Meter.sustained``). The sweep starts where a config could still beat the study's best (``CANNOT_WIN`` of
-the best's rate; a study's first trial at ``FIRST_RATE``), doubles while the config sustains the rate, halves while
-it does not, then bisects between the highest rate sustained and the lowest above it that was not, until the two
-are within ``RESOLUTION``: readings of one point move by about a tenth on a busy machine, finer steps measure noise.
+A rate is sustained where the server completed at least ``KEPT_UP`` of the requests due, its p95 held the limit
+and no request erred (``Meter.sustained``). The sweep starts where a config could still beat the study's best
+(``CANNOT_WIN`` of the best's rate; a study's first trial at ``FIRST_RATE``), doubles while the config sustains the
+rate, halves while it does not, then bisects between the highest rate sustained and the lowest above it that was
+not, until the two are within ``RESOLUTION``: readings of one point move by about a tenth on a busy machine, and
+finer steps would measure noise.
 
 A config that does not sustain its start cannot win: a server that falls behind at one rate falls further behind
-at any higher one. Where the client, not the server, fell behind its schedule, the climb ends there: the config
-sustains at least the rate below, and the sweep says that the client bound it.
+at any higher one. Where a rate was not sustained and the client had fallen behind its schedule (its requests left
+late), the climb ends there and the config is not blamed: it sustains at least the rate below, and the sweep says
+that the client bound it.
 """
 
 from __future__ import annotations

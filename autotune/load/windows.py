@@ -108,6 +108,14 @@ class Measurement:
         return f"{self.offered_rate:g} requests/s" if self.open_loop else f"concurrency {self.concurrency}"
 
     @property
+    def kept_up(self) -> bool:
+        """Whether an open loop's server kept up with its schedule: no request waited for room under the cap on
+        requests in flight, and it completed at least ``KEPT_UP`` of the requests that fell due. A client that left
+        its requests late may still have been kept up with: their latencies, counted from the schedule, say how
+        much that cost."""
+        return not self.cap_waits and self.throughput >= KEPT_UP * self.due_rate
+
+    @property
     def fell_behind(self) -> str:
         """Who fell behind an open loop's schedule: "the server" where requests piled up to the cap on those in
         flight (the sends after them leave late too), "the client" where its requests left late all the same (and
@@ -117,17 +125,15 @@ class Measurement:
             return "the server"
         if self.send_lag_p99_ms > CLIENT_LATE_MS:
             return "the client"
-        if self.throughput < KEPT_UP * self.due_rate:
-            return "the server"
-        return ""
+        return "" if not self.open_loop or self.kept_up else "the server"
 
     @property
     def shortfall(self) -> float:
-        """How far an open loop's point fell short of keeping up with its schedule: the share of the requests due
-        under ``KEPT_UP`` that it did not complete, at or below zero where it kept up; where the cap on requests in
-        flight or the client's pace made it fall behind, at least ``1 - KEPT_UP`` however much it completed."""
+        """How far an open loop's server fell short of keeping up with its schedule (``kept_up``): the share of the
+        requests due under ``KEPT_UP`` that it did not complete, at or below zero where it kept up; where requests
+        waited for room under the cap, at least ``1 - KEPT_UP`` however many it completed."""
         short = KEPT_UP - self.throughput / self.due_rate if self.due_rate else 1.0
-        return max(short, 1 - KEPT_UP) if self.fell_behind else short
+        return max(short, 1 - KEPT_UP) if self.cap_waits else short
 
     @property
     def p95_interval_ms(self) -> tuple[float, float]:

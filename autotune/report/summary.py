@@ -76,7 +76,7 @@ def trial_line(trial: FrozenTrial, n_trials: int, max_p95_ms: float, strategy: S
         return f"{head} {trial.state.name.lower()}: {reason} [{settings}]"
     verdict = "ok" if is_feasible(trial) else (
         f"{attrs['errors']} errors" if attrs.get("errors") else f"over the {max_p95_ms:g} ms limit"
-        if attrs["p95_ms"] > max_p95_ms else "fell behind its schedule")
+        if attrs["p95_ms"] > max_p95_ms else "did not keep up with its schedule")
     verdict += "".join(f", {origin}" for origin in strategy.label(trial))
     if SAME_AS_KEY in attrs:
         verdict += f", as trial {attrs[SAME_AS_KEY]} measured these settings"

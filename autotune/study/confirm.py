@@ -107,7 +107,7 @@ def confirm(study: optuna.Study, storage: BaseStorage, target: Target, meter: Me
         at = where[trial.number]
         measured = meter.again(at, target.apply(apply(base, trial_params(trial))))
         run = Run(measured.throughput, measured.p95_ms, measured.errors, at, open_loop,
-                  not (open_loop and measured.fell_behind))
+                  not open_loop or measured.kept_up)
         runs[trial.number].append(run)
         if not run.held(max_p95_ms):
             where[trial.number] = run.fewer(max_p95_ms)

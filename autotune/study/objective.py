@@ -172,7 +172,7 @@ def _prune(trial: optuna.Trial, value: float, windows: int, reason: str) -> NoRe
 
 def _cannot_win(measurement: Measurement, to_beat: float) -> str:
     if measurement.open_loop:
-        why = (f"{measurement.fell_behind} fell behind" if measurement.fell_behind
+        why = ("the server fell behind" if not measurement.kept_up
                else f"p95 {measurement.p95_ms:.1f} ms, over the limit")
         return (f"cannot win: did not sustain {measurement.offered_rate:.0f} requests/s ({why}), and a higher rate "
                 f"does no better; the best sustains {to_beat:.0f}")
