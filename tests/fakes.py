@@ -107,7 +107,8 @@ class QueueingServer:
         throughput = min(rate, self.capacity, self.client_limit) * self.completes
         return Measurement(0, throughput, p95_ms / 2, p95_ms, p95_ms, p95_ms, requests=100, errors=0,
                            windows=3, stable=True, cut_short=load >= 1, warmup_s=warmup_s or 0.0,
-                           offered_rate=rate, due_rate=rate, send_lag_p50_ms=late_ms / 2, send_lag_p99_ms=late_ms)
+                           offered_rate=rate, due_rate=rate, sent_p95_ms=p95_ms - late_ms,
+                           send_lag_p50_ms=late_ms / 2, send_lag_p99_ms=late_ms)
 
     @property
     def rates(self) -> list[float]:

@@ -51,8 +51,9 @@ def test_an_open_loop_prints_one_perf_analyzer_line_per_request_rate(triton: Emb
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
     for line, rate in zip(lines, (100, 200), strict=True):
-        assert re.fullmatch(rf"Request Rate: {rate}, throughput: \d+\.\d infer/sec, latency p95 \d+ usec, "
-                            r"sent p50 \d+\.\d\d ms / p99 \d+\.\d\d ms late( \(.*\))?", line), line
+        assert re.fullmatch(rf"Request Rate: {rate}, throughput: \d+\.\d infer/sec, latency p95 \d+ usec "
+                            r"\(\d+ from each send\), sent p50 \d+\.\d\d ms / p99 \d+\.\d\d ms late( \(.*\))?",
+                            line), line
 
 
 def test_an_open_loop_on_perf_analyzers_intervals_file_in_json(triton: EmbeddedServer, tmp_path: Path) -> None:

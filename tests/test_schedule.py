@@ -88,8 +88,10 @@ def test_the_open_loop_flags_become_one_schedule_per_point(tmp_path: Path) -> No
 
 
 def open_point(throughput: float, offered: float, lags_ms: list[float], cap_waits: int = 0) -> Measurement:
-    """A one-second open-loop point: ``throughput`` replies of 5 ms, sent ``lags_ms`` late, of ``offered`` due."""
-    window = Window(np.full(int(throughput), 0.005), 0, "", 1.0, np.asarray(lags_ms) / 1e3, cap_waits, int(offered))
+    """A one-second open-loop point: ``throughput`` replies of 5 ms from their schedule, sent ``lags_ms`` late in
+    turn, of ``offered`` due."""
+    lags = np.resize(np.asarray(lags_ms) / 1e3, int(throughput))
+    window = Window(np.full(int(throughput), 0.005), 0, "", 1.0, lags, cap_waits, int(offered))
     return replace(summarise(0, [window], 0.1), offered_rate=offered)
 
 

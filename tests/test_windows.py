@@ -68,6 +68,7 @@ def test_an_open_loop_kept_up_where_it_completed_what_fell_due_however_few_a_ran
     windows = [Window(np.full(27, 0.002), 0, "", 0.5, np.full(27, 1e-4), 0, 27) for _ in range(3)]
     measured = replace(summarise(0, windows, tolerance=0.10), offered_rate=64.0)
     assert measured.throughput == measured.due_rate == 54.0
+    assert measured.sent_p95_ms == pytest.approx(1.9), "from when each request left: 2 ms, less 0.1 ms late"
     assert measured.fell_behind == "" and measured.shortfall < 0
     behind = replace(measured, throughput=0.9 * measured.due_rate)
     assert behind.fell_behind == "the server" and behind.shortfall == pytest.approx(0.05)

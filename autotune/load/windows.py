@@ -28,7 +28,7 @@ KEPT_UP = 0.95
 # within 0.5-1.2 ms at p99 where it keeps up, benchmarks/README.md).
 CLIENT_LATE_MS = 2.0
 # What only an open loop's point has.
-_OPEN_LOOP = ("offered_rate", "due_rate", "send_lag_p50_ms", "send_lag_p99_ms", "cap_waits")
+_OPEN_LOOP = ("offered_rate", "due_rate", "sent_p95_ms", "send_lag_p50_ms", "send_lag_p99_ms", "cap_waits")
 # Student's t for a two-sided 90 % interval, by degrees of freedom (windows - 1); beyond the table, its last value.
 _T90 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)
 
@@ -56,8 +56,9 @@ class Measurement:
     up before its windows; the ``client_`` figures are the load generator's own cost over the windows
     (``cpu.ClientCost``): CPU microseconds per request in user mode and in the kernel, and its busiest process's
     share of one core. An open loop's point (``concurrency`` 0) also has the rate it offered, the rate at which
-    requests fell due in its windows (the offered rate, give or take a schedule's randomness), how late its requests
-    left their schedule at p50 and p99, and how many waited for room under its cap of requests in flight.
+    requests fell due in its windows (the offered rate, give or take a schedule's randomness), its p95 counted from
+    when each request left rather than from its schedule (as perf_analyzer counts), how late its requests left
+    their schedule at p50 and p99, and how many waited for room under its cap of requests in flight.
     """
 
     concurrency: int
@@ -80,6 +81,7 @@ class Measurement:
     client_core_share: float = math.nan
     offered_rate: float = math.nan
     due_rate: float = math.nan
+    sent_p95_ms: float = math.nan
     send_lag_p50_ms: float = math.nan
     send_lag_p99_ms: float = math.nan
     cap_waits: int = 0
@@ -118,12 +120,13 @@ class Measurement:
     @property
     def fell_behind(self) -> str:
         """Who fell behind an open loop's schedule: "the server" where requests piled up to the cap on those in
-        flight (the sends after them leave late too), "the client" where its requests left late all the same (and
-        their latencies include that), "the server" again where it completed less than ``KEPT_UP`` of the requests
-        that fell due, or "" where neither did, as for every closed loop."""
+        flight (the sends after them leave late too); "the client" where its requests left late (over
+        ``CLIENT_LATE_MS`` at p99) by as much as the server then took for them (their p95 from when they left), so
+        that the wait was the client's, not the server's queue; "the server" again where it completed less than
+        ``KEPT_UP`` of the requests that fell due; or "" where neither did, as for every closed loop."""
         if self.cap_waits:
             return "the server"
-        if self.send_lag_p99_ms > CLIENT_LATE_MS:
+        if self.send_lag_p99_ms > CLIENT_LATE_MS and self.send_lag_p99_ms >= self.sent_p95_ms:
             return "the client"
         return "" if not self.open_loop or self.kept_up else "the server"
 
@@ -188,6 +191,9 @@ def summarise(concurrency: int, windows: Sequence[Window], tolerance: float) -> 
     answered = [w for w in windows if len(w.latencies)]
     lags_ms = np.concatenate([w.lags for w in windows]) * 1e3 if windows else np.empty(0)
     lag_p50, lag_p99 = np.percentile(lags_ms, [50, 99]) if len(lags_ms) else [math.nan] * 2
+    # An open loop's windows hold each completed request's lateness beside its latency: their difference is the
+    # latency from when it left.
+    sent_p95 = np.percentile(latencies_ms - lags_ms, 95) if len(lags_ms) == len(latencies_ms) > 0 else math.nan
     duration = sum(w.duration for w in windows)
     measured = Measurement(
         concurrency=concurrency,
@@ -205,6 +211,7 @@ def summarise(concurrency: int, windows: Sequence[Window], tolerance: float) -> 
         p95_error=relative_error([w.p95 for w in answered]) if len(answered) == len(windows) else math.inf,
         send_lag_p50_ms=float(lag_p50),
         send_lag_p99_ms=float(lag_p99),
+        sent_p95_ms=float(sent_p95),
         cap_waits=sum(w.cap_waits for w in windows),
         due_rate=sum(w.due for w in windows) / duration if windows else math.nan,
     )

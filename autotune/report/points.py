@@ -13,7 +13,8 @@ def perf_line(measured: Measurement) -> str:
     line = f"{load}, throughput: {measured.throughput:.1f} infer/sec, latency p95 {measured.p95_ms * 1e3:.0f} usec"
     notes = []
     if measured.open_loop:
-        line += f", sent p50 {measured.send_lag_p50_ms:.2f} ms / p99 {measured.send_lag_p99_ms:.2f} ms late"
+        line += (f" ({measured.sent_p95_ms * 1e3:.0f} from each send), sent p50 {measured.send_lag_p50_ms:.2f} ms / "
+                 f"p99 {measured.send_lag_p99_ms:.2f} ms late")
         if measured.cap_waits:
             line += f", {measured.cap_waits} waited for the cap on requests in flight"
         if measured.fell_behind:
