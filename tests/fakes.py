@@ -84,13 +84,16 @@ class QueueingServer:
     its p95 grows with the queue (``service_ms / (1 - load)``), and past its capacity it falls behind and the
     point is cut short. It completes only the share ``completes`` of the requests due. Its client leaves requests
     ``late_ms`` late at p99, and where it cannot send faster than ``client_limit``, ever later; their latencies,
-    counted from the schedule, grow with it. Each point measured is kept as (rate, warm-up)."""
+    counted from the schedule, grow with it. A dynamic batcher of ``batch`` waits up to ``delay_ms`` for a batch
+    to fill. Each point measured is kept as (rate, warm-up)."""
 
     capacity: float
     service_ms: float = 1.0
     client_limit: float = math.inf
     completes: float = 1.0
     late_ms: float = 0.1
+    batch: int = 1
+    delay_ms: float = 0.0
     points: list[tuple[float, float]] = field(default_factory=list)
 
     def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None,
@@ -103,7 +106,8 @@ class QueueingServer:
         self.points.append((rate, warmup_s or 0.0))
         load = rate / self.capacity
         late_ms = 100.0 if rate > self.client_limit else self.late_ms
-        p95_ms = (self.service_ms / (1 - load) if load < 1 else 1e4) + late_ms
+        filling_ms = min(self.delay_ms, 1e3 * (self.batch - 1) / rate)
+        p95_ms = (self.service_ms / (1 - load) if load < 1 else 1e4) + filling_ms + late_ms
         throughput = min(rate, self.capacity, self.client_limit) * self.completes
         return Measurement(0, throughput, p95_ms / 2, p95_ms, p95_ms, p95_ms, requests=100, errors=0,
                            windows=3, stable=True, cut_short=load >= 1, warmup_s=warmup_s or 0.0,

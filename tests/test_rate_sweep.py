@@ -44,6 +44,16 @@ def test_a_point_after_one_the_server_fell_behind_at_warms_up_fully_so_that_its_
     assert warmups[723.0] == QUICK.warmup_s, "after 1020/s, which the server fell behind"
 
 
+def test_a_batcher_that_waits_out_its_delay_at_low_rates_is_swept_up_to_the_rates_that_fill_its_batches() -> None:
+    server = QueueingServer(capacity=4000.0, batch=32, delay_ms=20.0)  # 21 ms at 64/s, under 20 ms from 2000/s
+    reading = meter(server, max_p95_ms=20.0).rate_trial(reloaded=True)
+    assert server.rates[:7] == [64, 128, 256, 512, 1020, 2040, 4080]
+    assert reading.measurement.offered_rate > 2040 and not reading.cannot_win
+    cut = QueueingServer(capacity=4000.0, batch=32, delay_ms=20.0)
+    assert meter(cut, max_p95_ms=20.0).rate_trial(reloaded=True, to_beat=500.0).measurement.offered_rate > 2040, (
+        "a start too slow to fill a batch does not condemn the config")
+
+
 def test_a_config_that_does_not_sustain_what_could_win_is_cut_short_after_one_point() -> None:
     server = QueueingServer(capacity=1000.0)
     reading = meter(server).rate_trial(reloaded=True, to_beat=2000.0)

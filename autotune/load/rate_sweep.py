@@ -2,15 +2,17 @@
 
 A rate is sustained where the server completed at least ``KEPT_UP`` of the requests due, its p95 held the limit
 and no request erred (``Meter.sustained``). The sweep starts where a config could still beat the study's best
-(``CANNOT_WIN`` of the best's rate; a study's first trial at ``FIRST_RATE``), doubles while the config sustains the
-rate, halves while it does not, then bisects between the highest rate sustained and the lowest above it that was
-not, until the two are within ``RESOLUTION``: readings of one point move by about a tenth on a busy machine, and
-finer steps would measure noise.
+(``CANNOT_WIN`` of the best's rate; a study's first trial at ``FIRST_RATE``) and doubles the rate while the config
+sustains it, and also while the server keeps up but the p95 breaks the limit: a dynamic batcher waits out its delay
+for batches that only more traffic fills, so a config can break the limit at low rates and hold it at high ones.
+Where it sustained nothing from its start up, it halves from the start. Then it bisects between the highest rate
+sustained and the lowest above it that was not, until the two are within ``RESOLUTION``: readings of one point
+move by about a tenth on a busy machine, and finer steps would measure noise.
 
-A config that does not sustain its start cannot win: a server that falls behind at one rate falls further behind
-at any higher one. Where a rate was not sustained and the client had fallen behind its schedule (its requests left
-late), the climb ends there and the config is not blamed: it sustains at least the rate below, and the sweep says
-that the client bound it.
+A config that sustains neither its start nor any rate above it cannot win: a server that falls behind at one rate
+falls further behind at any higher one. Where a rate was not sustained and the client had fallen behind its
+schedule (its requests left late), the climb ends there and the config is not blamed: it sustains at least the rate
+below, and the sweep says that the client bound it.
 """
 
 from __future__ import annotations
@@ -54,15 +56,17 @@ class RateSweep:
     points: list[Measurement] = field(default_factory=list)
 
     def run(self, start: float, must_sustain: bool) -> RateSearch:
-        """Sweep from ``start`` requests per second; ``must_sustain``: a config that does not sustain ``start``
-        cannot win (the start is what the study's best could still be beaten by)."""
+        """Sweep from ``start`` requests per second; ``must_sustain``: a config that does not sustain ``start``,
+        nor any rate above it, cannot win (the start is what the study's best could still be beaten by)."""
         measured = self._measure(start)
-        if self.sustained(measured):
-            while self.sustained(measured):
-                measured = self._measure(2 * measured.offered_rate)
-        elif must_sustain and not measured.errors and not self._client_late(measured):
-            return RateSearch(tuple(self.points), measured, cannot_win=True)
-        else:
+        while self._waiting_for_traffic(measured):
+            measured = self._measure(2 * measured.offered_rate)
+        while self.sustained(measured):
+            measured = self._measure(2 * measured.offered_rate)
+        if not any(self.sustained(p) for p in self.points):
+            if must_sustain and not measured.errors and not self._client_late(measured):
+                return RateSearch(tuple(self.points), measured, cannot_win=True)
+            measured = self.points[0]
             while not measured.errors and not self.sustained(measured) and measured.offered_rate / 2 >= LOWEST_RATE:
                 measured = self._measure(measured.offered_rate / 2)
         self._bisect()
@@ -76,6 +80,13 @@ class RateSweep:
         measured = self.measure(rate, warmup_s)
         self.points.append(measured)
         return measured
+
+    def _waiting_for_traffic(self, measured: Measurement) -> bool:
+        """A rate the server kept up with, nothing erring, but over the limit: a dynamic batcher may be waiting out
+        its delay for batches that more traffic would fill sooner (a 20 ms delay breaks a 20 ms limit at any rate
+        too low to fill a batch within it), so the sweep tries twice the rate before it concludes anything."""
+        return (not self.sustained(measured) and measured.kept_up and not measured.errors
+                and not self._client_late(measured))
 
     def _client_late(self, measured: Measurement) -> bool:
         return not self.sustained(measured) and measured.fell_behind == CLIENT
