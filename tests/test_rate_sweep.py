@@ -44,6 +44,13 @@ def test_a_point_after_one_the_server_fell_behind_at_warms_up_fully_so_that_its_
     assert warmups[723.0] == QUICK.warmup_s, "after 1020/s, which the server fell behind"
 
 
+def test_a_config_that_cannot_win_stands_on_the_point_closest_to_holding_the_limit() -> None:
+    server = QueueingServer(capacity=1000.0)  # 950/s: kept up, p95 20 ms, then 1900/s: far past its capacity
+    reading = meter(server, max_p95_ms=10.0).rate_trial(reloaded=True, to_beat=1055.0)
+    assert server.rates == [950, 1900] and reading.cannot_win
+    assert reading.measurement.offered_rate == 950, "not the overloaded point it tried last"
+
+
 def test_a_batcher_that_waits_out_its_delay_at_low_rates_is_swept_up_to_the_rates_that_fill_its_batches() -> None:
     server = QueueingServer(capacity=4000.0, batch=32, delay_ms=20.0)  # 21 ms at 64/s, under 20 ms from 2000/s
     reading = meter(server, max_p95_ms=20.0).rate_trial(reloaded=True)

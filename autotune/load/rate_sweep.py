@@ -65,7 +65,7 @@ class RateSweep:
             measured = self._measure(2 * measured.offered_rate)
         if not any(self.sustained(p) for p in self.points):
             if must_sustain and not measured.errors and not self._client_late(measured):
-                return RateSearch(tuple(self.points), measured, cannot_win=True)
+                return RateSearch(tuple(self.points), self._standing(), cannot_win=True)
             measured = self.points[0]
             while not measured.errors and not self.sustained(measured) and measured.offered_rate / 2 >= LOWEST_RATE:
                 measured = self._measure(measured.offered_rate / 2)
