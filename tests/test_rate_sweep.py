@@ -61,6 +61,13 @@ def test_a_batcher_that_waits_out_its_delay_at_low_rates_is_swept_up_to_the_rate
         "a start too slow to fill a batch does not condemn the config")
 
 
+def test_rates_sustained_between_a_waiting_batcher_and_a_server_behind_are_found_by_bisecting() -> None:
+    server = QueueingServer(capacity=1900.0, service_ms=0.5, batch=24, delay_ms=30.0)  # 23.6 ms at 1020/s
+    reading = meter(server, max_p95_ms=20.0).rate_trial(reloaded=True)
+    assert server.rates[4:7] == [1020, 2040, 1440], "doubling stepped over the rates it sustains"
+    assert reading.measurement.offered_rate >= 1440 and reading.measurement.p95_ms <= 20.0
+
+
 def test_a_config_that_does_not_sustain_what_could_win_is_cut_short_after_one_point() -> None:
     server = QueueingServer(capacity=1000.0)
     reading = meter(server).rate_trial(reloaded=True, to_beat=2000.0)
