@@ -124,10 +124,10 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
     ranked = top_feasible(study, top)
     level = "req/s" if _open_loop(best) else "conc"
     lines += ["", f"Top {len(ranked)} feasible configurations:",
-              f"{'trial':>5} {level:>6} {'infer/sec':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  settings"]
+              f"{'trial':>5} {level:>5} {'infer/sec':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  settings"]
     for trial in ranked:
         a = trial.user_attrs
-        lines.append(f"{trial.number:>5} {trial_level(trial):>6.0f} {a['throughput']:>10.1f} {a['p50_ms']:>8.2f} "
+        lines.append(f"{trial.number:>5} {trial_level(trial):>5.0f} {a['throughput']:>10.1f} {a['p50_ms']:>8.2f} "
                      f"{a['p95_ms']:>8.2f} {a['p99_ms']:>8.2f}  {describe(a['config'])}")
     if output is not None:
         deploy = deployed_level(study, best)
@@ -159,7 +159,8 @@ def confirmation(study: optuna.Study) -> list[str]:
         moved = run.get("rate", run.get("concurrency", []))
         at = ("" if len(set(moved)) < 2 else f" at {', '.join(f'{r:.0f}' for r in moved)} requests/s" if "rate" in run
               else f" at concurrency {', '.join(map(str, moved))}")
-        lines.append(f"  trial {run['trial']:>3}: {first}, again median {median:.1f} infer/sec "
+        unit = " infer/sec" if "rate" in run else ""
+        lines.append(f"  trial {run['trial']:>3}: {first}, again median {median:.1f}{unit} "
                      f"(±{spread:.0%}){at}; p95 {p95} ms; held the limit {held} of {len(throughput)}{mark}")
     for level, fewer, where in (("concurrency", "fewer requests in flight", "concurrency {}"),
                                 ("rate", "a lower rate", "{:.0f} requests/s")):
