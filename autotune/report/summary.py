@@ -41,7 +41,7 @@ def _open_loop(trial: FrozenTrial) -> bool:
     return OFFERED_RATE_KEY in trial.user_attrs
 
 
-def load_words(trial: FrozenTrial, at: float | None = None) -> str:
+def _load_words(trial: FrozenTrial, at: float | None = None) -> str:
     """Where a trial stands (or ``at``), in words: "concurrency 16", "1200 requests/s"."""
     at = trial_level(trial) if at is None else at
     return f"{at:.0f} requests/s" if _open_loop(trial) else f"concurrency {at}"
@@ -49,7 +49,7 @@ def load_words(trial: FrozenTrial, at: float | None = None) -> str:
 
 def _sustains(trial: FrozenTrial, at: float | None = None) -> str:
     """A feasible open-loop trial's headline: "sustains 1200 requests/s at p95 8.10 ms"."""
-    return f"sustains {load_words(trial, at)} at p95 {trial.user_attrs['p95_ms']:.2f} ms"
+    return f"sustains {_load_words(trial, at)} at p95 {trial.user_attrs['p95_ms']:.2f} ms"
 
 
 def describe(params: dict[str, Any]) -> str:
@@ -116,7 +116,7 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
     gain = f" ({ratio:.2f}x the baseline)" if ratio is not None else ""
     lines += ["", f"Best (trial {best.number}): {_pa_line(best)}{gain}", f"  {describe(best.user_attrs['config'])}"]
     if best.user_attrs.get(CAPPED_KEY):
-        lines.append(f"  The client fell behind its schedule above {load_words(best)}: the config may sustain more; "
+        lines.append(f"  The client fell behind its schedule above {_load_words(best)}: the config may sustain more; "
                      "raise --client-processes to look further." if _open_loop(best) else
                      f"  Its throughput still rose at concurrency {best.user_attrs['concurrency']}, the search space's "
                      "highest: raise concurrency.high in the space to look further.")
@@ -131,7 +131,7 @@ def summary(study: optuna.Study, output: Path | None = None, top: int = 5) -> st
                      f"{a['p95_ms']:>8.2f} {a['p99_ms']:>8.2f}  {describe(a['config'])}")
     if output is not None:
         deploy = deployed_level(study, best)
-        where = (f"it sustained {load_words(best, deploy)} under {settings.load.removeprefix('rate, ')} arrivals"
+        where = (f"it sustained {_load_words(best, deploy)} under {settings.load.removeprefix('rate, ')} arrivals"
                  if _open_loop(best) else f"run clients at concurrency {deploy}")
         lines += ["", f"Best config written to {output} ({where})."]
     return "\n".join(lines)
@@ -249,7 +249,7 @@ def export(config: ModelConfig, trial: FrozenTrial, study: optuna.Study, path: P
                   f"({StudySettings.of(study).load.removeprefix('rate, ')} arrivals).\n"
                   f"# It {_sustains(trial)} (limit {limit} ms).\n")
         if deploy != trial_level(trial):
-            header += f"# Re-measured, it held the limit at {load_words(trial, deploy)}.\n"
+            header += f"# Re-measured, it held the limit at {_load_words(trial, deploy)}.\n"
     else:
         header = (f"# Tuned by autotune: study {study.study_name}, trial {trial.number}.\n"
                   f"# Measured {trial.value:.1f} infer/sec at client concurrency {a['concurrency']}, "
