@@ -47,8 +47,8 @@ def test_a_point_after_one_the_server_fell_behind_at_warms_up_fully_so_that_its_
 def test_a_config_that_cannot_win_stands_on_the_point_closest_to_holding_the_limit() -> None:
     server = QueueingServer(capacity=1000.0)  # 950/s: kept up, p95 20 ms, then 1900/s: far past its capacity
     reading = meter(server, max_p95_ms=10.0).rate_trial(reloaded=True, to_beat=1055.0)
-    assert server.rates == [950, 1900] and reading.cannot_win
-    assert reading.measurement.offered_rate == 950, "not the overloaded point it tried last"
+    assert server.rates == [950, 1900, 1340, 1130, 1040] and reading.cannot_win, "nothing between held either"
+    assert reading.measurement.offered_rate == 950, "not an overloaded point it tried later"
 
 
 def test_a_batcher_that_waits_out_its_delay_at_low_rates_is_swept_up_to_the_rates_that_fill_its_batches() -> None:
@@ -66,6 +66,13 @@ def test_rates_sustained_between_a_waiting_batcher_and_a_server_behind_are_found
     reading = meter(server, max_p95_ms=20.0).rate_trial(reloaded=True)
     assert server.rates[4:7] == [1020, 2040, 1440], "doubling stepped over the rates it sustains"
     assert reading.measurement.offered_rate >= 1440 and reading.measurement.p95_ms <= 20.0
+
+
+def test_a_long_batcher_delay_over_the_limit_at_the_start_is_not_condemned_before_the_rates_above_it() -> None:
+    server = QueueingServer(capacity=3500.0, service_ms=0.5, batch=48, delay_ms=30.0)  # 21.7 ms at 2330/s
+    reading = meter(server, max_p95_ms=20.0).rate_trial(reloaded=True, to_beat=2330 / CANNOT_WIN)
+    assert server.rates[:3] == [2330, 4660, 3300]
+    assert not reading.cannot_win and reading.measurement.offered_rate >= 2770
 
 
 def test_a_config_that_does_not_sustain_what_could_win_is_cut_short_after_one_point() -> None:

@@ -94,10 +94,10 @@ class RateSweep:
         fell behind at, sustaining nothing, the rates it sustains may lie between (``wide_mlp`` with a 20 ms delay
         under a 20 ms limit: p95 23 ms at 1020/s, behind at 2040/s, 17 ms at 1400/s): bisect, moving up while p95
         still falls, down once it rises or the server falls behind, until one is sustained or the two are within
-        ``RESOLUTION``. It takes two such rates at least: one alone is as likely a queue's last step before the
-        server falls behind, where nothing between holds."""
+        ``RESOLUTION``. One such rate is enough: mlp's 20 ms batcher read 21.7 ms at 2330/s, fell behind at 4660/s,
+        and sustained 2420/s; where it was a queue's last step instead, the bisection costs three short points."""
         waiting = [p for p in self.points if self._waiting_for_traffic(p)]
-        if len(waiting) < 2 or any(self.sustained(p) for p in self.points):
+        if not waiting or any(self.sustained(p) for p in self.points):
             return
         low = max(waiting, key=lambda p: p.offered_rate)
         behind = [p.offered_rate for p in self.points if p.offered_rate > low.offered_rate and not p.kept_up]
