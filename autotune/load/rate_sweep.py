@@ -21,14 +21,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from autotune.load.windows import Measurement
+from autotune.load.windows import CLIENT, Measurement
 
 # Where a study's first trial starts, in requests per second: doubling reaches 4096/s in six steps, halving 1/s.
 FIRST_RATE = 64.0
 LOWEST_RATE = 1.0
 # The sweep bisects until the highest sustained rate and the lowest broken one are this close.
 RESOLUTION = 0.1
-CLIENT = "the client"
 
 
 @dataclass(frozen=True)

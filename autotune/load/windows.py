@@ -27,6 +27,8 @@ KEPT_UP = 0.95
 # Requests that left their schedule later than this at p99 mean the client fell behind (its timing thread keeps
 # within 0.5-1.2 ms at p99 where it keeps up, benchmarks/README.md).
 CLIENT_LATE_MS = 2.0
+# Who fell behind an open loop's schedule (``Measurement.fell_behind``).
+SERVER, CLIENT = "the server", "the client"
 # What only an open loop's point has.
 _OPEN_LOOP = ("offered_rate", "due_rate", "sent_p95_ms", "send_lag_p50_ms", "send_lag_p99_ms", "cap_waits")
 # Student's t for a two-sided 90 % interval, by degrees of freedom (windows - 1); beyond the table, its last value.
@@ -125,10 +127,10 @@ class Measurement:
         that the wait was the client's, not the server's queue; "the server" again where it completed less than
         ``KEPT_UP`` of the requests that fell due; or "" where neither did, as for every closed loop."""
         if self.cap_waits:
-            return "the server"
+            return SERVER
         if self.send_lag_p99_ms > CLIENT_LATE_MS and self.send_lag_p99_ms >= self.sent_p95_ms:
-            return "the client"
-        return "" if not self.open_loop or self.kept_up else "the server"
+            return CLIENT
+        return "" if not self.open_loop or self.kept_up else SERVER
 
     @property
     def shortfall(self) -> float:
