@@ -15,10 +15,10 @@ from autotune.load.schedule import Schedule
 from autotune.load.windows import Measurement, Window, summarise
 
 
-def first(schedule: Schedule, count: int, part: int = 0, parts: int = 1) -> np.ndarray:
-    """The first ``count`` send times of client ``part`` of ``parts``."""
+def first(schedule: Schedule, count: int, part: int = 0, parts: int = 1, joined_s: float = 0.0) -> np.ndarray:
+    """The first ``count`` send times of client ``part`` of ``parts``, ready ``joined_s`` after the start."""
     times = np.empty(0)
-    for chunk in schedule.send_times(part, parts):
+    for chunk in schedule.send_times(part, parts, joined_s):
         times = np.concatenate([times, chunk])
         if len(times) >= count:
             return times[:count]
@@ -48,6 +48,17 @@ def test_client_processes_share_one_schedule_each_taking_every_nth_request(sched
     for part, times in enumerate(parts):
         assert np.array_equal(times, whole[part::3])
     assert np.array_equal(np.sort(np.concatenate(parts)), whole)
+
+
+@pytest.mark.parametrize("schedule", [Schedule(300.0), Schedule(intervals_s=(0.001, 0.004))])
+def test_a_client_process_that_starts_late_joins_the_schedule_where_it_stands(schedule: Schedule) -> None:
+    whole = first(schedule, 6000)
+    early, late = first(schedule, 2000, 0, 2), first(schedule, 1000, 1, 2, joined_s=2.5)
+    assert late[0] >= 2.5 and np.isin(late, whole[1::2]).all(), "its own requests of the one schedule, none past"
+    both = np.concatenate([early, late])
+    span = (both >= late[0]) & (both <= min(early[-1], late[-1]))
+    merged = np.sort(both[span])
+    assert np.array_equal(merged, whole[(whole >= merged[0]) & (whole <= merged[-1])]), "no two requests together"
 
 
 def test_an_intervals_file_is_perf_analyzers_microseconds_a_line_looped(tmp_path: Path) -> None:

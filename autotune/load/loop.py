@@ -159,17 +159,19 @@ class _Closed:
 
 @dataclass(frozen=True)
 class _Open:
-    """A client process's share of an open loop: every ``parts``-th request of the schedule, from ``part`` on."""
+    """A client process's share of an open loop: every ``parts``-th request of the schedule started at ``epoch``,
+    from ``part`` on."""
 
     schedule: Schedule
     part: int
     parts: int
+    epoch: float
     cap: int
 
 
 def _start(url: str, requests: list[bytes], share: _Closed | _Open, settings: LoadSettings) -> _Load | OpenLoad:
     if isinstance(share, _Open):
-        return OpenLoad(url, requests, share.schedule, share.part, share.parts, share.cap,
+        return OpenLoad(url, requests, share.schedule, share.part, share.parts, share.epoch, share.cap,
                         settings.request_timeout_s, CHANNEL_OPTIONS, MODEL_INFER)
     return _Load(url, requests, share.concurrency, settings.request_timeout_s)
 
@@ -254,7 +256,8 @@ class LoadGenerator:
         """Measure an open loop: requests sent on ``schedule`` whatever the replies, at most ``cap`` in flight;
         the rules as for ``measure``. The point's ``concurrency`` is 0 and its ``offered_rate`` the schedule's."""
         parts = max(1, min(self.settings.processes, cap))
-        shares = [_Open(schedule, part, parts, -(-cap // parts)) for part in range(parts)]
+        epoch = time.perf_counter()
+        shares = [_Open(schedule, part, parts, epoch, -(-cap // parts)) for part in range(parts)]
         rules = _Rules(stop_early, enough or (lambda measured: measured.stable))
         measured = self._measure(shares, 0, rules, warmup_s)
         return replace(measured, offered_rate=schedule.offered_rate)

@@ -29,15 +29,16 @@ CONNECTIONS = 4
 
 
 class OpenLoad:
-    """Sends ``requests`` at the schedule's times (client ``part`` of ``parts`` of it), at most ``cap`` in flight.
+    """Sends ``requests`` at the schedule's times after ``epoch`` (a ``time.perf_counter`` reading, one clock for
+    every process on the machine) as client ``part`` of ``parts`` of it, at most ``cap`` in flight.
 
     The event loop's timers tick by the millisecond, which would send requests up to a millisecond late and add
     that to latencies of a millisecond or less; a timing thread sleeps until each send time instead (to a tenth of
     a millisecond) and hands the request to the loop.
     """
 
-    def __init__(self, url: str, requests: list[bytes], schedule: Schedule, part: int, parts: int, cap: int,
-                 timeout_s: float, channel_options: list[tuple[str, int]], method: str) -> None:
+    def __init__(self, url: str, requests: list[bytes], schedule: Schedule, part: int, parts: int, epoch: float,
+                 cap: int, timeout_s: float, channel_options: list[tuple[str, int]], method: str) -> None:
         self._channels = [grpc.aio.insecure_channel(url, options=channel_options) for _ in range(CONNECTIONS)]
         self._infers = [channel.unary_unary(method) for channel in self._channels]
         self._requests = requests
@@ -54,15 +55,15 @@ class OpenLoad:
         self._sent = 0
         self._stopping = threading.Event()
         self._clock = threading.Thread(target=self._keep_time, args=(asyncio.get_running_loop(), schedule, part,
-                                                                     parts), daemon=True)
+                                                                     parts, epoch), daemon=True)
         self._clock.start()
 
-    def _keep_time(self, loop: asyncio.AbstractEventLoop, schedule: Schedule, part: int, parts: int) -> None:
-        """The timing thread: wakes at each send time and has the loop send."""
-        started = time.perf_counter()
-        for chunk in schedule.send_times(part, parts):
+    def _keep_time(self, loop: asyncio.AbstractEventLoop, schedule: Schedule, part: int, parts: int,
+                   epoch: float) -> None:
+        """The timing thread: wakes at each send time (``epoch`` plus the schedule's offset) and has the loop send."""
+        for chunk in schedule.send_times(part, parts, joined_s=time.perf_counter() - epoch):
             for offset in chunk:
-                due = started + float(offset)
+                due = epoch + float(offset)
                 if self._stopping.wait(max(0.0, due - time.perf_counter())):
                     return
                 loop.call_soon_threadsafe(self._due, due)

@@ -2,8 +2,9 @@
 
 A schedule is a list of send times fixed before the load starts, never moved by how fast replies come back: a
 closed loop that waits for replies hides the queueing that production traffic meets (coordinated omission). Several
-client processes share one schedule, each taking every n-th request of it, so the offered load is the same however
-it is spread.
+client processes share one schedule, each taking every n-th request of it from one start time, so the offered load
+is the same however it is spread: a process that starts late joins the schedule where it stands instead of
+starting its own, which for a constant rate over two processes would send requests in pairs.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ class Schedule:
         """The pattern in words, as a study records it: "constant", "poisson", "intervals"."""
         return "intervals" if self.intervals_s else self.distribution
 
-    def send_times(self, part: int = 0, parts: int = 1) -> Iterator[np.ndarray]:
-        """Seconds after the load's start at which client ``part`` of ``parts`` sends, in chunks, without end."""
+    def send_times(self, part: int = 0, parts: int = 1, joined_s: float = 0.0) -> Iterator[np.ndarray]:
+        """Seconds after the load's start at which client ``part`` of ``parts`` sends, in chunks, without end; from
+        ``joined_s`` on, the seconds after the start at which the client was ready."""
         random = np.random.default_rng(self.seed)
         cycle = np.asarray(self.intervals_s)
         position, start = 0, 0.0
@@ -84,5 +86,6 @@ class Schedule:
                 gaps = np.full(CHUNK, 1.0 / self.rate)
             times = start + np.cumsum(gaps)
             # Request n of the whole schedule is client (n % parts)'s.
-            yield times[(part - position) % parts::parts]
+            mine = times[(part - position) % parts::parts]
+            yield mine[mine >= joined_s]
             position, start = position + CHUNK, float(times[-1])
