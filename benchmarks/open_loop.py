@@ -10,7 +10,8 @@ flight, which runs the server busier and sees no queue at all.
 
 Part 2, agreement: three server configs of ``mlp``, each at three rates (30, 60 and 85 % of what a closed loop at
 16 in flight reaches), constant and Poisson, measured by perf_analyzer (``--request-rate-range``,
-``--request-distribution``) and by autotune's open loop, in turn, 2 s windows. autotune's p95 is shown twice: from
+``--request-distribution``) and by autotune's open loop, in turn, ``--repeats`` times each (the medians count: one
+run's p95 moves 10-20 % between runs on a small shared machine), 2 s windows. autotune's p95 is shown twice: from
 each request's schedule (its own figure, which holds the client's lateness) and from its send (perf_analyzer's).
 
 Server and clients are pinned apart as in ``loadgen_vs_perf_analyzer.py`` (``--no-pin`` lets them share).
@@ -26,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from loadgen_vs_perf_analyzer import (
     CONFIGS,
     WINDOW_MS,
@@ -52,6 +54,7 @@ def main() -> int:
     parser.add_argument("--perf-analyzer", type=Path, help="a perf_analyzer binary (default: install one)")
     parser.add_argument("--no-pin", action="store_true", help="let server and clients share every core")
     parser.add_argument("--part", choices=("all", "theory", "agreement"), default="all")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each agreement point by each tool (median)")
     args = parser.parse_args()
     server_cores, client_cores = split_cores(not args.no_pin)
     perf_analyzer, environment = install_perf_analyzer(args.perf_analyzer)
@@ -60,7 +63,7 @@ def main() -> int:
         if args.part in ("all", "theory"):
             theory(url)
         if args.part in ("all", "agreement"):
-            agreement(url, _RateAnalyzer(perf_analyzer, environment, url, Path(tmp) / "perf.csv"))
+            agreement(url, _RateAnalyzer(perf_analyzer, environment, url, Path(tmp) / "perf.csv"), args.repeats)
     return 0
 
 
@@ -117,11 +120,13 @@ class _RateAnalyzer:
         return float(row["Inferences/Second"]), float(row["p95 latency"]) / 1e3
 
 
-def agreement(url: str, tool: _RateAnalyzer) -> None:
+def agreement(url: str, tool: _RateAnalyzer, repeats: int) -> None:
     print("\n## Part 2: autotune's open loop against perf_analyzer's request-rate mode (mlp)\n")
+    print(f"Each point {repeats} times by each tool, in turn: the medians, and each pair's p95 ratio (from send).\n")
     print("| server config | distribution | rate /s | PA infer/s | autotune infer/s | ratio | PA p95 ms | "
-          "autotune p95 ms (from schedule / from send) | ratios | autotune sent p99 late ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "autotune p95 ms (from schedule / from send) | ratios | pairs' ratios from send | "
+          "autotune sent p99 late ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     server = ModelServer(url, "mlp")
     inside = sent_inside = total = 0
     try:
@@ -132,16 +137,21 @@ def agreement(url: str, tool: _RateAnalyzer) -> None:
             for share in SHARES:
                 rate = round(share * saturated, -1)
                 for distribution in ("constant", "poisson"):
-                    pa_tput, pa_p95 = tool.measure("mlp", rate, distribution)
-                    ours = load.measure_rate(Schedule(rate, distribution), CAP)
-                    tput_ratio, p95_ratio = ours.throughput / pa_tput, ours.p95_ms / pa_p95
-                    sent_ratio = ours.sent_p95_ms / pa_p95
+                    theirs, ours = [], []
+                    for _ in range(repeats):
+                        theirs.append(tool.measure("mlp", rate, distribution))
+                        ours.append(load.measure_rate(Schedule(rate, distribution), CAP))
+                    pa_tput, pa_p95 = (float(np.nanmedian(figures)) for figures in zip(*theirs, strict=True))
+                    tput, p95, sent_p95, lag_p99 = (float(np.median(figures)) for figures in zip(
+                        *((m.throughput, m.p95_ms, m.sent_p95_ms, m.send_lag_p99_ms) for m in ours), strict=True))
+                    tput_ratio, p95_ratio, sent_ratio = tput / pa_tput, p95 / pa_p95, sent_p95 / pa_p95
+                    pairs = " ".join(f"{m.sent_p95_ms / p:.2f}" for m, (_, p) in zip(ours, theirs, strict=True))
                     total += 1
                     inside += abs(tput_ratio - 1) <= 0.05 and abs(p95_ratio - 1) <= 0.10
                     sent_inside += abs(tput_ratio - 1) <= 0.05 and abs(sent_ratio - 1) <= 0.10
-                    print(f"| {name} | {distribution} | {rate:.0f} | {pa_tput:.0f} | {ours.throughput:.0f} | "
-                          f"{tput_ratio:.3f} | {pa_p95:.2f} | {ours.p95_ms:.2f} / {ours.sent_p95_ms:.2f} | "
-                          f"{p95_ratio:.3f} / {sent_ratio:.3f} | {ours.send_lag_p99_ms:.2f} |", flush=True)
+                    print(f"| {name} | {distribution} | {rate:.0f} | {pa_tput:.0f} | {tput:.0f} | "
+                          f"{tput_ratio:.3f} | {pa_p95:.2f} | {p95:.2f} / {sent_p95:.2f} | "
+                          f"{p95_ratio:.3f} / {sent_ratio:.3f} | {pairs} | {lag_p99:.2f} |", flush=True)
     finally:
         server.restore()
         server.close()
