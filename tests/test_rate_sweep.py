@@ -3,11 +3,13 @@ trials, re-measurement and summary record."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from fakes import QUICK, FakeTarget, QueueingServer, make_tuner
 
 from autotune.load.policy import CANNOT_WIN, SETTLE_S, Meter
-from autotune.load.rate_sweep import FIRST_RATE, RESOLUTION
+from autotune.load.rate_sweep import FIRST_RATE, HIGHEST_RATE, RESOLUTION
 from autotune.load.schedule import Schedule
 from autotune.records import CONFIRMED_KEY, CONSTRAINTS_KEY, LOAD_KEY, best_trial, is_feasible
 from autotune.report.summary import study_json, summary, trial_line
@@ -26,6 +28,14 @@ def test_a_first_trial_doubles_from_the_first_rate_then_bisects_below_the_server
     assert reading.measurement.offered_rate == 936, "three significant figures"
     assert 1000 / (1 + RESOLUTION) <= reading.measurement.offered_rate < 1000
     assert [point.at for point in reading.sweep] == [rate for rate, _ in server.points]
+
+
+@pytest.mark.parametrize("service_ms", [1.0, 200.0], ids=["holding the limit", "over it"])
+def test_a_sweep_on_a_server_that_never_falls_behind_ends_at_its_safety_bound(service_ms: float) -> None:
+    server = QueueingServer(capacity=math.inf, service_ms=service_ms)
+    reading = meter(server).rate_trial(reloaded=True)
+    assert max(server.rates) == pytest.approx(HIGHEST_RATE, rel=0.01) and len(server.rates) <= 24
+    assert (reading.measurement.offered_rate == max(server.rates)) == (service_ms < 100)
 
 
 def test_the_p95_limit_binds_before_the_capacity_where_the_queue_grows_past_it() -> None:

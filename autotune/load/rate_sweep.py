@@ -26,6 +26,8 @@ from autotune.load.windows import CLIENT, Measurement
 # Where a study's first trial starts, in requests per second: doubling reaches 4096/s in six steps, halving 1/s.
 FIRST_RATE = 64.0
 LOWEST_RATE = 1.0
+# A safety bound, not a guess: a server or client falls behind long before, but a sweep must end where neither does.
+HIGHEST_RATE = 2.0**20
 # The sweep bisects until the highest sustained rate and the lowest broken one are this close.
 RESOLUTION = 0.1
 
@@ -58,9 +60,9 @@ class RateSweep:
         """Sweep from ``start`` requests per second; ``must_sustain``: a config that does not sustain ``start``,
         nor any rate above it, cannot win (the start is what the study's best could still be beaten by)."""
         measured = self._measure(start)
-        while self._waiting_for_traffic(measured):
+        while self._waiting_for_traffic(measured) and measured.offered_rate < HIGHEST_RATE:
             measured = self._measure(2 * measured.offered_rate)
-        while self.sustained(measured):
+        while self.sustained(measured) and measured.offered_rate < HIGHEST_RATE:
             measured = self._measure(2 * measured.offered_rate)
         self._between_waiting_and_falling_behind()
         if not any(self.sustained(p) for p in self.points):
@@ -74,7 +76,8 @@ class RateSweep:
                           client_bound=any(self._client_late(p) for p in self.points))
 
     def _measure(self, rate: float) -> Measurement:
-        rate = float(f"{rate:.3g}")  # three significant figures: "sustains 939 requests/s", finer is noise
+        # Three significant figures: "sustains 939 requests/s", finer is noise.
+        rate = float(f"{min(rate, HIGHEST_RATE):.3g}")
         previous = self.points[-1] if self.points else None
         warmup_s = self.warmup_s if previous is None or not self.sustained(previous) else self.settle_s
         measured = self.measure(rate, warmup_s)
