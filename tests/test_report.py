@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState, create_trial
 
+from autotune.report.plots import pareto_figure
 from autotune.report.summary import study_json, summary, trial_line
 
 
@@ -58,3 +59,15 @@ def test_the_summary_says_when_the_search_spaces_concurrency_bound_ended_the_bes
     study.add_trial(create_trial(value=2000.0, user_attrs=measured(2000.0, 8.0),
                                  system_attrs={"constraints": [-192.0, 0.0]}))
     assert "still rose" not in summary(study)
+
+
+def test_a_rate_studys_plot_shows_the_rate_each_trial_sustained_where_the_best_is_marked() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("max_p95_ms", 10.0)
+    study.set_user_attr("load", "rate, poisson")
+    for rate, p95_ms, over in ((900.0, 6.0, -4.0), (1500.0, 12.0, 2.0)):
+        study.add_trial(create_trial(value=rate, user_attrs=measured(rate * 0.99, p95_ms, offered_rate=rate),
+                                     system_attrs={"constraints": [over, 0.0]}))
+    axes = pareto_figure(study, 10.0).axes[0]
+    assert axes.get_ylabel() == "sustained request rate (requests/sec)"
+    assert [text.xy for text in axes.texts if text.get_text().startswith("best")] == [(6.0, 900.0)]

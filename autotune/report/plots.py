@@ -38,10 +38,11 @@ def write_report(study: optuna.Study, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     limit = StudySettings.of(study).max_p95_ms
     against = "request rate" if StudySettings.of(study).open_loop else "concurrency"
+    value, _ = _value(study)
     figures = {
-        "pareto.png": (pareto_figure(study, limit), "Throughput against p95 latency"),
+        "pareto.png": (pareto_figure(study, limit), f"{value.capitalize()} against p95 latency"),
         "concurrency.png": (concurrency_figure(study), f"Throughput against {against}, best configurations"),
-        "importances.png": (importance_figure(study), "What mattered most for throughput"),
+        "importances.png": (importance_figure(study), f"What mattered most for {value}"),
     }
     written = []
     for name, (figure, _) in figures.items():
@@ -53,8 +54,16 @@ def write_report(study: optuna.Study, directory: Path) -> list[Path]:
     return [*written, page]
 
 
+def _value(study: optuna.Study) -> tuple[str, str]:
+    """What a trial's value is, and its unit: its throughput, or in an open loop's study the rate it sustained."""
+    if StudySettings.of(study).open_loop:
+        return "sustained request rate", "requests/sec"
+    return "throughput", "infer/sec"
+
+
 def pareto_figure(study: optuna.Study, limit_ms: float) -> Figure:
-    """Every completed trial as throughput against p95, the limit as a line, the feasible front as a step."""
+    """Every completed trial as its value (throughput, or the rate it sustained) against p95, the limit as a line,
+    the feasible front as a step."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     figure, axes = plt.subplots(figsize=(8, 5))
     feasible = [t for t in trials if is_feasible(t)]
@@ -70,13 +79,14 @@ def pareto_figure(study: optuna.Study, limit_ms: float) -> Figure:
         axes.axvline(limit_ms, c="tab:red", ls="--", label=f"p95 limit {limit_ms:g} ms")
     for trial, label in ((best_trial(study), "best"), (baseline_trial(study), "baseline")):
         if trial is not None:
-            axes.annotate(f"{label} (#{trial.number})", (trial.user_attrs["p95_ms"], trial.user_attrs["throughput"]),
+            axes.annotate(f"{label} (#{trial.number})", (trial.user_attrs["p95_ms"], trial.value),
                           textcoords="offset points", xytext=(6, 6))
     axes.set_xscale("log")
     _plain_numbers(axes, 10, (1.0, 2.0, 5.0))
+    value, unit = _value(study)
     axes.set_xlabel("p95 latency (ms, log scale)")
-    axes.set_ylabel("throughput (infer/sec)")
-    axes.set_title(f"{study.study_name}: throughput against p95")
+    axes.set_ylabel(f"{value} ({unit})")
+    axes.set_title(f"{study.study_name}: {value} against p95")
     axes.grid(alpha=0.3)
     axes.legend(loc="best")
     return figure
@@ -133,7 +143,7 @@ def _best_feasible(trials: list[FrozenTrial]) -> float:
 
 
 def importance_figure(study: optuna.Study) -> Figure:
-    """Optuna's parameter importances (its default evaluator) for throughput."""
+    """Optuna's parameter importances (its default evaluator) for the study's value."""
     figure, axes = plt.subplots(figsize=(8, 4))
     try:
         with warnings.catch_warnings():
@@ -150,7 +160,7 @@ def importance_figure(study: optuna.Study) -> Figure:
     names = list(reversed(importances))
     axes.barh(names, [importances[name] for name in names], color="tab:blue")
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    axes.set_xlabel(f"importance for throughput (from {completed} completed trials)")
+    axes.set_xlabel(f"importance for {_value(study)[0]} (from {completed} completed trials)")
     axes.set_title(f"{study.study_name}: parameter importances")
     return figure
 
