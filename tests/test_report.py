@@ -71,3 +71,24 @@ def test_a_rate_studys_plot_shows_the_rate_each_trial_sustained_where_the_best_i
     axes = pareto_figure(study, 10.0).axes[0]
     assert axes.get_ylabel() == "sustained request rate (requests/sec)"
     assert [text.xy for text in axes.texts if text.get_text().startswith("best")] == [(6.0, 900.0)]
+
+
+def test_a_rate_studys_winner_that_held_only_half_its_runs_where_it_stands_is_deployed_with_a_warning() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("max_p95_ms", 20.0)
+    study.set_user_attr("load", "rate, poisson")
+    for rate in (663.0, 268.0):
+        study.add_trial(create_trial(value=rate, user_attrs=measured(rate * 0.98, 9.0, offered_rate=rate),
+                                     system_attrs={"constraints": [-11.0, 0.0, 0.0]}))
+    runs = {"errors": [0, 0, 0], "kept_up": [True, True, True]}
+    study.set_user_attr("confirmed", {"winner": 0, "rate": 663.0, "max_p95_ms": 20.0, "trials": [
+        {"trial": 0, "first": [663.0, 9.0], "throughput": [660.0, 659.0, 593.0], "p95_ms": [18.5, 71.0, 48.9],
+         "rate": [663.0, 663.0, 596.7], **runs},
+        {"trial": 1, "first": [268.0, 9.0], "throughput": [259.0, 245.0, 259.0], "p95_ms": [11.5, 10.7, 13.0],
+         "rate": [268.0, 268.0, 268.0], **runs}]})
+    assert ("the winner holds it at 663 requests/s, where its runs held it most often (1 of 2: the edge of what it "
+            "sustains, deploy it below that rate).") in summary(study)
+    study.set_user_attr("confirmed", {**study.user_attrs["confirmed"], "trials": [
+        {"trial": 0, "first": [663.0, 9.0], "throughput": [660.0, 595.0, 593.0], "p95_ms": [71.0, 18.5, 18.9],
+         "rate": [663.0, 596.7, 596.7], **runs}], "rate": 596.7})
+    assert "the winner holds it at 597 requests/s, where its runs held it most often (2 of 2)." in summary(study)

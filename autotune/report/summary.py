@@ -149,9 +149,6 @@ def confirmation(study: optuna.Study) -> list[str]:
         throughput = run["throughput"]
         median = float(np.median(throughput))
         spread = (max(throughput) - min(throughput)) / 2 / median if median else 0.0
-        held = sum(p is not None and p <= confirmed[MAX_P95_KEY] and not e and kept
-                   for p, e, kept in zip(run["p95_ms"], run["errors"], run.get("kept_up", [True] * len(throughput)),
-                                         strict=True))
         p95 = ", ".join("-" if p is None else f"{p:.2f}" for p in run["p95_ms"])
         mark = "  <- winner" if run["trial"] == confirmed["winner"] else ""
         first = (f"sustained {run['first'][0]:.0f} requests/s" if "rate" in run
@@ -161,14 +158,27 @@ def confirmation(study: optuna.Study) -> list[str]:
               else f" at concurrency {', '.join(map(str, moved))}")
         unit = " infer/sec" if "rate" in run else ""
         lines.append(f"  trial {run['trial']:>3}: {first}, again median {median:.1f}{unit} "
-                     f"(±{spread:.0%}){at}; p95 {p95} ms; held the limit {held} of {len(throughput)}{mark}")
-    for level, fewer, where in (("concurrency", "fewer requests in flight", "concurrency {}"),
-                                ("rate", "a lower rate", "{:.0f} requests/s")):
-        if level in confirmed and any(run["trial"] == confirmed["winner"] and len(set(run[level])) > 1
-                                      for run in runs):
-            lines.append(f"  A run over the limit moves that trial's next runs to {fewer}: the winner holds it at "
-                         f"{where.format(confirmed[level])}, where its runs held it most often.")
+                     f"(±{spread:.0%}){at}; p95 {p95} ms; held the limit {sum(_held(confirmed, run))} of "
+                     f"{len(throughput)}{mark}")
+    winner = next(run for run in runs if run["trial"] == confirmed["winner"])
+    level = "rate" if "rate" in winner else "concurrency"
+    if level in confirmed and len(set(winner.get(level, []))) > 1:
+        there = [held for held, at in zip(_held(confirmed, winner), winner[level], strict=True)
+                 if at == confirmed[level]]
+        where = f"{confirmed[level]:.0f} requests/s" if level == "rate" else f"concurrency {confirmed[level]}"
+        fewer = "a lower rate" if level == "rate" else "fewer requests in flight"
+        edge = (": the edge of what it sustains, deploy it below that rate"
+                if level == "rate" and 2 * sum(there) <= len(there) else "")
+        lines.append(f"  A run over the limit moves that trial's next runs to {fewer}: the winner holds it at {where}, "
+                     f"where its runs held it most often ({sum(there)} of {len(there)}{edge}).")
     return lines
+
+
+def _held(confirmed: dict[str, Any], run: dict[str, Any]) -> list[bool]:
+    """Whether each of a trial's re-measured runs held the limit, without errors (and, in an open loop, kept up)."""
+    kept_up = run.get("kept_up", [True] * len(run["throughput"]))
+    return [p is not None and p <= confirmed[MAX_P95_KEY] and not e and kept
+            for p, e, kept in zip(run["p95_ms"], run["errors"], kept_up, strict=True)]
 
 
 def study_note(study: optuna.Study) -> str:
