@@ -122,11 +122,12 @@ class _RateAnalyzer:
 
 def agreement(url: str, tool: _RateAnalyzer, repeats: int) -> None:
     print("\n## Part 2: autotune's open loop against perf_analyzer's request-rate mode (mlp)\n")
-    print(f"Each point {repeats} times by each tool, in turn: the medians, and each pair's p95 ratio (from send).\n")
+    print(f"Each point {repeats} times by each tool, in turn: the medians, each pair's p95 ratio (from send), and "
+          "each tool's own spread (its highest p95 of the point over its lowest).\n")
     print("| server config | distribution | rate /s | PA infer/s | autotune infer/s | ratio | PA p95 ms | "
-          "autotune p95 ms (from schedule / from send) | ratios | pairs' ratios from send | "
+          "autotune p95 ms (from schedule / from send) | ratios | pairs' ratios from send | own spread PA / autotune | "
           "autotune sent p99 late ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     server = ModelServer(url, "mlp")
     inside = sent_inside = total = 0
     try:
@@ -146,12 +147,15 @@ def agreement(url: str, tool: _RateAnalyzer, repeats: int) -> None:
                         *((m.throughput, m.p95_ms, m.sent_p95_ms, m.send_lag_p99_ms) for m in ours), strict=True))
                     tput_ratio, p95_ratio, sent_ratio = tput / pa_tput, p95 / pa_p95, sent_p95 / pa_p95
                     pairs = " ".join(f"{m.sent_p95_ms / p:.2f}" for m, (_, p) in zip(ours, theirs, strict=True))
+                    spreads = [max(p95s) / min(p95s)
+                               for p95s in ([p for _, p in theirs], [m.sent_p95_ms for m in ours])]
                     total += 1
                     inside += abs(tput_ratio - 1) <= 0.05 and abs(p95_ratio - 1) <= 0.10
                     sent_inside += abs(tput_ratio - 1) <= 0.05 and abs(sent_ratio - 1) <= 0.10
                     print(f"| {name} | {distribution} | {rate:.0f} | {pa_tput:.0f} | {tput:.0f} | "
                           f"{tput_ratio:.3f} | {pa_p95:.2f} | {p95:.2f} / {sent_p95:.2f} | "
-                          f"{p95_ratio:.3f} / {sent_ratio:.3f} | {pairs} | {lag_p99:.2f} |", flush=True)
+                          f"{p95_ratio:.3f} / {sent_ratio:.3f} | {pairs} | {spreads[0]:.2f} / {spreads[1]:.2f} | "
+                          f"{lag_p99:.2f} |", flush=True)
     finally:
         server.restore()
         server.close()
