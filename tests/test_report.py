@@ -88,7 +88,9 @@ def test_a_rate_studys_winner_that_held_only_half_its_runs_where_it_stands_is_de
          "rate": [268.0, 268.0, 268.0], **runs}]})
     assert ("the winner holds it at 663 requests/s, where its runs held it most often (1 of 2: the edge of what it "
             "sustains, deploy it below that rate).") in summary(study)
+    assert study_json(study, "memory", None)["remeasured"] == {"held": 1, "runs": 2}
     study.set_user_attr("confirmed", {**study.user_attrs["confirmed"], "trials": [
         {"trial": 0, "first": [663.0, 9.0], "throughput": [660.0, 595.0, 593.0], "p95_ms": [71.0, 18.5, 18.9],
          "rate": [663.0, 596.7, 596.7], **runs}], "rate": 596.7})
     assert "the winner holds it at 597 requests/s, where its runs held it most often (2 of 2)." in summary(study)
+    assert study_json(study, "memory", None)["remeasured"] == {"held": 2, "runs": 2}

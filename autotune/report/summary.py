@@ -163,8 +163,7 @@ def confirmation(study: optuna.Study) -> list[str]:
     winner = next(run for run in runs if run["trial"] == confirmed["winner"])
     level = "rate" if "rate" in winner else "concurrency"
     if level in confirmed and len(set(winner.get(level, []))) > 1:
-        there = [held for held, at in zip(_held(confirmed, winner), winner[level], strict=True)
-                 if at == confirmed[level]]
+        there = _held_where_deployed(confirmed)
         where = f"{confirmed[level]:.0f} requests/s" if level == "rate" else f"concurrency {confirmed[level]}"
         fewer = "a lower rate" if level == "rate" else "fewer requests in flight"
         edge = (": the edge of what it sustains, deploy it below that rate"
@@ -172,6 +171,16 @@ def confirmation(study: optuna.Study) -> list[str]:
         lines.append(f"  A run over the limit moves that trial's next runs to {fewer}: the winner holds it at {where}, "
                      f"where its runs held it most often ({sum(there)} of {len(there)}{edge}).")
     return lines
+
+
+def _held_where_deployed(confirmed: dict[str, Any]) -> list[bool]:
+    """Whether each of the winner's re-measured runs held the limit, of those at the level it is deployed at."""
+    winner = next(run for run in confirmed["trials"] if run["trial"] == confirmed["winner"])
+    level = "rate" if "rate" in winner else "concurrency"
+    held = _held(confirmed, winner)
+    if level not in winner or level not in confirmed:  # a study from before runs moved: all at the trial's level
+        return held
+    return [h for h, at in zip(held, winner[level], strict=True) if at == confirmed[level]]
 
 
 def _held(confirmed: dict[str, Any], run: dict[str, Any]) -> list[bool]:
@@ -227,6 +236,9 @@ def study_json(study: optuna.Study, storage: str, output: Path | None) -> dict[s
     """The one JSON document that ``optimize --json`` prints."""
     baseline, best = baseline_trial(study), best_trial(study)
     trials = study.get_trials(deepcopy=False)
+    confirmed = study.user_attrs.get(CONFIRMED_KEY)
+    crowned = best is not None and confirmed and confirmed["winner"] == best.number
+    held = _held_where_deployed(confirmed) if crowned else None
     return {
         "study": study.study_name,
         "storage": storage,
@@ -236,6 +248,9 @@ def study_json(study: optuna.Study, storage: str, output: Path | None) -> dict[s
         "trials": {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState},
         "baseline": trial_json(baseline),
         "best": trial_json(best, deployed_level(study, best) if best is not None else None),
+        # How often the winner's re-measured runs held the limit where it is deployed: an open loop's rate held in
+        # half of them or fewer is the edge of what the config sustains.
+        "remeasured": {"held": sum(held), "runs": len(held)} if held is not None else None,
         "gain": _gain(best, baseline),
         "output": str(output) if output is not None and best is not None else None,
     }
