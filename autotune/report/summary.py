@@ -160,8 +160,7 @@ def confirmation(study: optuna.Study) -> list[str]:
         lines.append(f"  trial {run['trial']:>3}: {first}, again median {median:.1f}{unit} "
                      f"(±{spread:.0%}){at}; p95 {p95} ms; held the limit {sum(_held(confirmed, run))} of "
                      f"{len(throughput)}{mark}")
-    winner = next(run for run in runs if run["trial"] == confirmed["winner"])
-    level = "rate" if "rate" in winner else "concurrency"
+    winner, level = _winner(confirmed)
     if level in confirmed and len(set(winner.get(level, []))) > 1:
         there = _held_where_deployed(confirmed)
         where = f"{confirmed[level]:.0f} requests/s" if level == "rate" else f"concurrency {confirmed[level]}"
@@ -173,10 +172,15 @@ def confirmation(study: optuna.Study) -> list[str]:
     return lines
 
 
+def _winner(confirmed: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The winner's record in a re-measurement, and what its runs moved by: "rate" or "concurrency"."""
+    winner = next(run for run in confirmed["trials"] if run["trial"] == confirmed["winner"])
+    return winner, "rate" if "rate" in winner else "concurrency"
+
+
 def _held_where_deployed(confirmed: dict[str, Any]) -> list[bool]:
     """Whether each of the winner's re-measured runs held the limit, of those at the level it is deployed at."""
-    winner = next(run for run in confirmed["trials"] if run["trial"] == confirmed["winner"])
-    level = "rate" if "rate" in winner else "concurrency"
+    winner, level = _winner(confirmed)
     held = _held(confirmed, winner)
     if level not in winner or level not in confirmed:  # a study from before runs moved: all at the trial's level
         return held
