@@ -2,7 +2,7 @@
 
     python benchmarks/study_speed.py [--models mlp wide_mlp gpu_like contended] [--max-p95 10] [--seeds 3]
                                      [--old REF] [--old-seeds 1] [--ma-models mlp gpu_like] [--rounds 2] [--fresh]
-                                     [--grid-top 2] [--crown-after ROUNDS]
+                                     [--grid-top 2] [--crown-after ROUNDS] [--twins N]
 
 1. Studies. For each model, ``autotune optimize`` runs with its defaults (20 trials, the model's space from
    ``studies/`` or ``benchmarks/profiles/``) on an embedded server, once per seed from this checkout and from
@@ -17,7 +17,9 @@
    ``--grid-top`` best configs of each model's newest exhaustive grid (``benchmarks/grid/``) under the limit, each
    at its best concurrency in that grid. A pick's score is its median throughput over the best median of those
    that held the limit in at least half their runs; a pick that did not is marked. The range beside it (its
-   lowest and highest run on the same scale) shows how far the yardstick's own noise reaches.
+   lowest and highest run on the same scale) shows how far the yardstick's own noise reaches. ``--twins N`` adds N
+   copies of the best config known for each model (``BEST_KNOWN``), each measured and scored as a pick of its own:
+   what a tuner that always found that config would score under this yardstick.
 
 The model profiles under ``benchmarks/profiles/``: ``gpu_like`` (each batch holds one device shared by every
 instance for 2 ms + 0.25 ms per request, sleeping) and ``contended`` (a batch's work grows with the square of its
@@ -60,6 +62,16 @@ PA_WINDOW_MS = 2000
 # perf_analyzer's stability rule (its last three windows within this many percent of their mean): at its default
 # 10 it found no stable figure within 16 windows for a fifth of the picks on this machine, and a yardstick must read.
 PA_STABILITY = 25
+# The best config each model's runs have shown (benchmarks/README.md, 2026-12-07), at its concurrency: ``--twins``.
+BEST_KNOWN = {
+    "mlp": ({"dynamic_batching": True, "instance_count": 1, "max_batch_size": 16, "max_queue_delay_microseconds": 8940,
+             "preferred_batch_size": [16]}, 16),
+    "wide_mlp": ({"dynamic_batching": True, "instance_count": 1, "max_batch_size": 16,
+                  "max_queue_delay_microseconds": 8940, "preferred_batch_size": [16]}, 16),
+    "gpu_like": ({"dynamic_batching": True, "instance_count": 2, "max_batch_size": 4,
+                  "max_queue_delay_microseconds": 2167, "preferred_batch_size": [4]}, 8),
+    "contended": ({"dynamic_batching": False, "instance_count": 1, "max_batch_size": 16}, 2),
+}
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,8 @@ def main() -> int:
     parser.add_argument("--crown-after", type=int, default=0, metavar="ROUNDS",
                         help="also re-measure the config a new study would have crowned after this many rounds of "
                         "its re-measurement, where that differs from its crown (code r<ROUNDS>)")
+    parser.add_argument("--twins", type=int, default=0, metavar="N",
+                        help="copies of each model's best known config, each re-measured and scored as a pick")
     args = parser.parse_args()
     cache = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
     new_commit = _commit("HEAD")
@@ -130,6 +144,7 @@ def main() -> int:
                           f"{sooner.config} at {sooner.concurrency}", flush=True)
                     picks.append(sooner)
             picks += _grid_references(model, args.max_p95, args.grid_top)
+            picks += _twins(model, args.max_p95, args.twins)
         subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=False)
         scores = _remeasure(repository, picks, args.rounds, Path(tmp))
     _print(picks, scores, args)
@@ -229,6 +244,15 @@ def _grid_references(model: str, limit_ms: float, top: int) -> list[Pick]:
     return [Pick("grid", "grid", model, limit_ms, rank, 0.0,
                  ServerParams(dynamic, size, delay, preferred, instances).as_dict(), concurrency, throughput, date)
             for rank, ((dynamic, size, delay, preferred, instances), (concurrency, throughput)) in enumerate(ranked)]
+
+
+def _twins(model: str, limit_ms: float, count: int) -> list[Pick]:
+    """``count`` copies of the model's best known config, scored apart: the ceiling of a pick's score."""
+    if model not in BEST_KNOWN:
+        return []
+    config, concurrency = BEST_KNOWN[model]
+    today = datetime.date.today().isoformat()
+    return [Pick("twin", "twin", model, limit_ms, copy, 0.0, config, concurrency, None, today) for copy in range(count)]
 
 
 def _header(grid: Path) -> str:
@@ -350,13 +374,13 @@ def _print(picks: list[Pick], scores: dict[str, Score], args: argparse.Namespace
         for code, times in walls.items():
             if times:
                 print(f"{model:<10} {code:<4} median wall {statistics.median(times):.0f} s over {len(times)}")
-        news = [scores[p.key].median / top if p.key in scores and scores[p.key].feasible else 0.0
-                for p in mine if p.code == "new"]
-        ratios = ", ".join(f"new/{code} wall {statistics.median(walls['new']) / statistics.median(walls[code]):.2f}"
-                           for code in ("old", "maq", "mao") if walls["new"] and walls[code])
-        if news:
-            print(f"{model:<10} {ratios}; new median score {statistics.median(news):.2f} (an over-the-limit pick "
-                  "scores 0)")
+        figures = [f"new/{code} wall {statistics.median(walls['new']) / statistics.median(walls[code]):.2f}"
+                   for code in ("old", "maq", "mao") if walls["new"] and walls[code]]
+        figures += [f"{code} median score " + format(statistics.median(
+            scores[p.key].median / top if p.key in scores and scores[p.key].feasible else 0.0
+            for p in mine if p.code == code), ".2f") for code in ("new", "twin") if any(p.code == code for p in mine)]
+        if figures:
+            print(f"{model:<10} {', '.join(figures)} (an over-the-limit pick scores 0)")
 
 if __name__ == "__main__":
     raise SystemExit(main())
