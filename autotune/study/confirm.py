@@ -3,10 +3,11 @@ those runs rather than on its first, flattered reading.
 
 A sweep stands on the most requests in flight that held the limit once, so the top trials sit on the limit's edge
 and the next reading often breaks it. A run that breaks the limit moves that trial's next runs to fewer requests in
-flight, as many fewer as its p95 was over (at saturation latency grows with the requests in flight, Little's law),
-and a little more: the winner is crowned, and deployed, at the concurrency where its runs held most often. An open
-loop's trials are measured again at the rate they sustained; a run that did not sustain it moves the next runs to
-``MARGIN`` of that rate.
+flight (``retreat``): to the most that its own sweep saw hold the limit, or, where it saw none, as many fewer as its
+p95 was over (at saturation latency grows with the requests in flight, Little's law) and a little more, but not
+below the batch a batcher with a delay waits to fill. The winner is crowned, and deployed, at the concurrency where
+its runs held most often. An open loop's trials are measured again at the rate they sustained; a run that did not
+sustain it moves the next runs to ``MARGIN`` of that rate.
 """
 
 from __future__ import annotations
@@ -18,10 +19,19 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
 from optuna_dashboard import save_note
 
 from autotune.load.policy import Meter
-from autotune.records import CONFIRM_TOP, CONFIRMED_KEY, MAX_P95_KEY, top_feasible, trial_level, trial_params
+from autotune.records import (
+    CONFIRM_TOP,
+    CONFIRMED_KEY,
+    MAX_P95_KEY,
+    SWEEP_KEY,
+    top_feasible,
+    trial_level,
+    trial_params,
+)
 from autotune.report.notes import crowned_note
 from autotune.study.objective import Target
 from autotune.triton.model_config import apply
@@ -54,6 +64,21 @@ class Run:
         if self.errors or not math.isfinite(self.p95_ms):
             return self.at
         return max(1, min(self.at - 1, int(self.at * MARGIN * max_p95_ms / self.p95_ms)))
+
+
+def retreat(run: Run, max_p95_ms: float, trial: FrozenTrial) -> float:
+    """Where to measure ``trial`` next after ``run`` broke the limit. Measured points beat an estimate: fewer
+    requests in flight are not always faster, since below the batch it waits to fill a batcher with a delay waits
+    the delay out, and a guess there can read worse than the run it retreats from."""
+    if run.open_loop or run.errors or not math.isfinite(run.p95_ms):
+        return run.fewer(max_p95_ms)
+    held = [point[0] for point in trial.user_attrs.get(SWEEP_KEY, ())
+            if point[0] < run.at and point[2] <= max_p95_ms]
+    if held:
+        return max(held)
+    params = trial_params(trial)
+    waits_below = params.fill_level if params.max_queue_delay_microseconds else 1
+    return max(run.fewer(max_p95_ms), min(waits_below, run.at))
 
 
 def standing(runs: Sequence[Run], max_p95_ms: float) -> list[Run]:
@@ -110,7 +135,7 @@ def confirm(study: optuna.Study, storage: BaseStorage, target: Target, meter: Me
                   not open_loop or measured.kept_up)
         runs[trial.number].append(run)
         if not run.held(max_p95_ms):
-            where[trial.number] = run.fewer(max_p95_ms)
+            where[trial.number] = retreat(run, max_p95_ms, trial)
     winner = next(t for t in top if t.number == crown(runs, max_p95_ms))
     won = standing(runs[winner.number], max_p95_ms)
     study.set_user_attr(CONFIRMED_KEY, {
