@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 from fakes import QUICK, FakeTarget, ReadingsLoad, ScriptedLoad, make_tuner
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from autotune.errors import AutotuneError
 from autotune.load.cpu import SATURATED
@@ -18,7 +18,9 @@ from autotune.load.policy import Meter
 from autotune.load.windows import Measurement
 from autotune.records import (
     CAPPED_KEY,
+    CONFIG_KEY,
     SAME_AS_KEY,
+    SWEEP_KEY,
     best_trial,
     counted,
     deployed_level,
@@ -30,11 +32,13 @@ from autotune.search import (
     DEFAULT_STRATEGY,
     DELAY_RUNG_KEY,
     EXPLORES_AFTER_KEY,
+    FILLED_FROM_KEY,
     FITTED_FROM_KEY,
     SAMPLERS_TURN,
     STEP_FROM_KEY,
     Context,
     Explore,
+    FillBatch,
     IntRange,
     Proposal,
     Proposer,
@@ -42,7 +46,7 @@ from autotune.search import (
     Strategy,
     check_sampler,
 )
-from autotune.study.confirm import Run, crown, standing
+from autotune.study.confirm import Run, crown, retreat, standing
 from autotune.study.tuner import Tuner
 
 
@@ -100,6 +104,39 @@ def test_a_run_over_the_limit_moves_the_next_to_as_few_requests_in_flight_as_wou
     assert Run(1500.0, 10.5, 0, 16).fewer(max_p95_ms=10.0) == 13
     assert Run(1500.0, 10.1, 0, 2).fewer(max_p95_ms=10.0) == 1, "always at least one fewer, never none"
     assert Run(0.0, math.inf, 5, 16).fewer(max_p95_ms=10.0) == 16, "errors say nothing of the concurrency"
+
+
+def swept(config: dict[str, object], sweep: list[list[float]]) -> FrozenTrial:
+    """A finished trial with ``config`` whose sweep read ``sweep`` ([concurrency, throughput, p95 ms] a point)."""
+    return create_trial(value=max(point[1] for point in sweep), user_attrs={CONFIG_KEY: config, SWEEP_KEY: sweep})
+
+
+BATCHES_OF_16 = {"dynamic_batching": True, "max_batch_size": 16, "instance_count": 1,
+                 "max_queue_delay_microseconds": 8940, "preferred_batch_size": [16]}
+
+
+def test_a_run_over_the_limit_retreats_to_the_most_in_flight_the_trials_sweep_saw_hold_it() -> None:
+    # wide_mlp live, batches of 16 with a 2 ms delay: its sweep held the limit at 8 and 11 in flight; again at 11 it
+    # read 10.2 ms, and the estimate (9) read 12.6 ms: below 16 each batch waits its delay out.
+    trial = swept({**BATCHES_OF_16, "max_queue_delay_microseconds": 1999},
+                  [[16, 1715.0, 17.4], [8, 1260.0, 7.84], [11, 1769.0, 7.85]])
+    assert retreat(Run(1456.0, 10.2, 0, 11), max_p95_ms=10.0, trial=trial) == 8
+
+
+def test_where_its_sweep_saw_nothing_hold_below_a_batcher_with_a_delay_stays_at_its_batch() -> None:
+    # wide_mlp live, batches of 16 with a 9 ms delay: 2517 infer/s at 16 in flight within 10 ms, again 12.6 ms; moved
+    # to 11 and then 6 in flight it read 16.4 and 15.7 ms.
+    trial = swept(BATCHES_OF_16, [[16, 2517.0, 9.68], [32, 2894.0, 15.7], [23, 2194.0, 16.0]])
+    assert retreat(Run(1952.0, 12.6, 0, 16), max_p95_ms=10.0, trial=trial) == 16
+    above = swept(BATCHES_OF_16, [[32, 2894.0, 9.9]])
+    assert retreat(Run(2700.0, 12.6, 0, 32), max_p95_ms=10.0, trial=above) == 22, "above its batch, the estimate"
+
+
+def test_where_nothing_waits_to_fill_a_batch_a_run_over_the_limit_retreats_to_the_estimate() -> None:
+    no_delay = swept({**BATCHES_OF_16, "max_queue_delay_microseconds": 0}, [[16, 2517.0, 9.68]])
+    no_batching = swept({"dynamic_batching": False, "max_batch_size": 16, "instance_count": 1}, [[16, 2517.0, 9.68]])
+    for trial in (no_delay, no_batching):
+        assert retreat(Run(1952.0, 12.0, 0, 16), max_p95_ms=10.0, trial=trial) == 12
 
 
 def two_configs_at_16(load: ReadingsLoad) -> Tuner:
@@ -398,6 +435,32 @@ def test_a_rule_of_thumb_whose_knee_holds_fewer_requests_than_its_batch_is_tried
         assert [trial_params(t).max_batch_size for t in rest if DELAY_RUNG_KEY in t.user_attrs] == [8, 8, 8, 32]
     else:
         assert FITTED_FROM_KEY not in fitted.user_attrs and fitted.user_attrs[DELAY_RUNG_KEY] == 1
+
+
+@pytest.mark.parametrize(("instances", "batch"), [(1, 16), (2, 8)])
+def test_a_new_best_is_tried_with_the_batch_its_requests_in_flight_fill_on_each_instance(
+    instances: int, batch: int
+) -> None:
+    # mlp live: batches of 8 with a 20 ms delay did best at 16 in flight; batches of 16 there read 10 % more.
+    figures = {8: (2720.0, 4.6), 16: (3025.0, 9.6), 32: (2282.0, 22.0), 23: (2478.0, 14.8)}
+    space = SearchSpace(instance_count=IntRange(1, 2))
+    tuner = make_tuner(FakeTarget(), ScriptedLoad(figures), max_p95_ms=10.0, space=space,
+                       strategy=Strategy(FillBatch()), concurrency_search="sweep")
+    eights = {"dynamic_batching": True, "max_batch_size": 8, "max_queue_delay_microseconds": 20000,
+              "preferred_batch_size": "max", "instance_count": instances}
+    tuner.study.enqueue_trial(eights)
+    tuner.optimize(3)
+    best, *after = tuner.study.trials
+    assert best.user_attrs["concurrency"] == 16
+    if batch == 8:
+        assert FILLED_FROM_KEY not in after[0].user_attrs, "8 a piece on 2 instances: its batches fill already"
+        return
+    filled = after[0]
+    assert filled.user_attrs[FILLED_FROM_KEY] == best.number
+    assert trial_params(filled) == replace(trial_params(best), max_batch_size=16, preferred_batch_size=(16,))
+    assert "trial 0's config with the batch its requests in flight fill" in trial_line(filled, 2, 10.0,
+                                                                                       Strategy(FillBatch()))
+    assert FILLED_FROM_KEY not in after[1].user_attrs, "once for each best"
 
 
 NO_REPLY = (0.0, math.inf)

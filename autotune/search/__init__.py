@@ -1,13 +1,14 @@
 """The search: the space of settings, Optuna's samplers, and the strategy that proposes each trial.
 
 The default strategy follows the Triton guide first (the baseline, the rule of thumb with the fewest and with the
-most instances, each fitted to the batches its knee could fill within the limit, each one's delay ladder) and
-then lets the sampler's trials and local steps take turns; a trial that repeats measured settings is followed by a
-random untried point. Random search is the yardstick: the baseline and one rule of thumb, then the sampler alone.
+most instances, each fitted to the batches its knee could fill within the limit, each one's delay ladder), fits
+each new best's batch to the requests in flight it stands on, and lets the sampler's trials and local steps take
+turns; a trial that repeats measured settings is followed by a random untried point. Random search is the yardstick: the baseline and one rule of thumb, then the sampler alone.
 """
 
 from autotune.search.baseline import Baseline
 from autotune.search.explore import EXPLORES_AFTER_KEY, Explore
+from autotune.search.fill_batch import FILLED_FROM_KEY, FillBatch
 from autotune.search.fitted_batch import FITTED_FROM_KEY, FittedBatch
 from autotune.search.ladder import DELAY_RUNG_KEY, DelayLadder
 from autotune.search.local_step import STEP_FROM_KEY, LocalStep
@@ -17,7 +18,7 @@ from autotune.search.space import MAX_CONCURRENCY, ConcurrencySearch, IntRange, 
 from autotune.search.strategy import SAMPLERS_TURN, Context, Proposal, Proposer, Strategy
 
 DEFAULT_STRATEGY = Strategy(Baseline(), RuleOfThumb("fewest"), RuleOfThumb("most"), FittedBatch(), DelayLadder(),
-                            LocalStep(), Explore())
+                            FillBatch(), LocalStep(), Explore())
 RANDOM_STRATEGY = Strategy(Baseline(), RuleOfThumb("fewest"))
 
 
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_STRATEGY",
     "DELAY_RUNG_KEY",
     "EXPLORES_AFTER_KEY",
+    "FILLED_FROM_KEY",
     "FITTED_FROM_KEY",
     "MAX_CONCURRENCY",
     "RANDOM_STRATEGY",
@@ -42,6 +44,7 @@ __all__ = [
     "Context",
     "DelayLadder",
     "Explore",
+    "FillBatch",
     "FittedBatch",
     "IntRange",
     "LocalStep",
