@@ -128,8 +128,8 @@ def main() -> int:
                 runs += [(code, f"ma-{mode}", None, 0) for code, mode in (("maq", "quick"), ("mao", "optuna"))]
             for code, commit, tree, seed in runs:
                 key = f"{commit}|{model}|{args.max_p95:g}|{seed}"
-                if key in cache:
-                    pick = Pick(**cache[key])
+                if key in cache:  # as this run names it: one run's "new" is the next one's "old"
+                    pick = replace(Pick(**cache[key]), code=code)
                 else:
                     pick = (_model_analyzer(code, commit, repository, model, args.max_p95, Path(tmp)) if tree is None
                             else _study(code, commit, tree, repository, model, args.max_p95, seed, Path(tmp)))

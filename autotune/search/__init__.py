@@ -1,9 +1,10 @@
 """The search: the space of settings, Optuna's samplers, and the strategy that proposes each trial.
 
 The default strategy follows the Triton guide first (the baseline, the rule of thumb with the fewest and with the
-most instances, each fitted to the batches its knee could fill within the limit, each one's delay ladder), fits
-each new best's batch to the requests in flight it stands on, and lets the sampler's trials and local steps take
-turns; a trial that repeats measured settings is followed by a random untried point. Random search is the yardstick: the baseline and one rule of thumb, then the sampler alone.
+most instances, each fitted to the batches its knee could fill within the limit, each one's delay ladder), fits each
+new best's batch to the requests in flight it stands on, and lets the sampler's trials and local steps take turns; a
+trial that repeats measured settings is followed by a random untried point. Random search is the yardstick: the
+baseline and one rule of thumb, then the sampler alone.
 """
 
 from autotune.search.baseline import Baseline

@@ -1,13 +1,13 @@
-"""The winner's curse, answered: the top feasible trials measured again round-robin, and the winner crowned on
-those runs rather than on its first, flattered reading.
+"""The winner's curse, answered: the top feasible trials measured again round-robin, and the winner crowned on those
+runs rather than on its first, flattered reading.
 
 A sweep stands on the most requests in flight that held the limit once, so the top trials sit on the limit's edge
 and the next reading often breaks it. A run that breaks the limit moves that trial's next runs to fewer requests in
 flight (``retreat``): to the most that its own sweep saw hold the limit, or, where it saw none, as many fewer as its
 p95 was over (at saturation latency grows with the requests in flight, Little's law) and a little more, but not
-below the batch a batcher with a delay waits to fill. The winner is crowned, and deployed, at the concurrency where
-its runs held most often. An open loop's trials are measured again at the rate they sustained; a run that did not
-sustain it moves the next runs to ``MARGIN`` of that rate.
+below the batch that a batcher whose delay costs more than that margin waits to fill. The winner is crowned, and
+deployed, at the concurrency where its runs held most often. An open loop's trials are measured again at the rate
+they sustained; a run that did not sustain it moves the next runs to ``MARGIN`` of that rate.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def retreat(run: Run, max_p95_ms: float, trial: FrozenTrial) -> float:
     if held:
         return max(held)
     params = trial_params(trial)
-    waits_below = params.fill_level if params.max_queue_delay_microseconds else 1
-    return max(run.fewer(max_p95_ms), min(waits_below, run.at))
+    waits = params.max_queue_delay_microseconds / 1000 >= (1 - MARGIN) * max_p95_ms  # costs more than the margin
+    return max(run.fewer(max_p95_ms), min(params.fill_level if waits else 1, run.at))
 
 
 def standing(runs: Sequence[Run], max_p95_ms: float) -> list[Run]:
