@@ -62,14 +62,15 @@ PA_WINDOW_MS = 2000
 # perf_analyzer's stability rule (its last three windows within this many percent of their mean): at its default
 # 10 it found no stable figure within 16 windows for a fifth of the picks on this machine, and a yardstick must read.
 PA_STABILITY = 25
-# The best config each model's runs have shown (benchmarks/README.md, 2026-12-07), at its concurrency: ``--twins``.
+# The best config each model's runs have shown (benchmarks/README.md, 2026-12-07 16:23), at its concurrency:
+# ``--twins``.
 BEST_KNOWN = {
     "mlp": ({"dynamic_batching": True, "instance_count": 1, "max_batch_size": 16, "max_queue_delay_microseconds": 8940,
              "preferred_batch_size": [16]}, 16),
     "wide_mlp": ({"dynamic_batching": True, "instance_count": 1, "max_batch_size": 16,
                   "max_queue_delay_microseconds": 8940, "preferred_batch_size": [16]}, 16),
-    "gpu_like": ({"dynamic_batching": True, "instance_count": 2, "max_batch_size": 4,
-                  "max_queue_delay_microseconds": 2167, "preferred_batch_size": [4]}, 8),
+    "gpu_like": ({"dynamic_batching": True, "instance_count": 4, "max_batch_size": 16,
+                  "max_queue_delay_microseconds": 4433, "preferred_batch_size": [8]}, 16),
     "contended": ({"dynamic_batching": False, "instance_count": 1, "max_batch_size": 16}, 2),
 }
 

@@ -22,8 +22,9 @@ FILLED_FROM_KEY = "filled_from"
 
 
 class FillBatch(Proposer):
-    """Proposes, once for each best feasible trial with a batcher, its config with the batch size nearest the
-    requests in flight each instance gets where it stands (at least 2), when that is another size and untried."""
+    """Proposes, once for each best feasible trial with a batcher, its config with the batch it waits to fill (its
+    preferred batch size) nearest the requests in flight each instance gets where it stands (at least 2), when that
+    is another size and untried."""
 
     def propose(self, context: Context) -> Proposal | None:
         best, trials = best_trial(context.study), context.trials
@@ -37,11 +38,12 @@ class FillBatch(Proposer):
         point = context.space.point(params, context.base, concurrency)
         if point is None:
             return None
-        share = concurrency / params.instance_count
-        batch = min(context.space.batch_sizes(context.base), key=lambda size: abs(math.log2(size / share)))
-        if batch < 2 or batch == params.max_batch_size:
+        sizes, share = context.space.batch_sizes(context.base), concurrency / params.instance_count
+        batch = min(sizes, key=lambda size: abs(math.log2(size / share)))
+        largest = batch * (2 if point["preferred_batch_size"] == "half" else 1)  # what the batcher waits to fill
+        if batch < 2 or batch == params.fill_level or largest not in sizes:
             return None  # a batch of one is no batch
-        filled = {**point, "max_batch_size": batch, "concurrency": context.space.clamp_concurrency(concurrency)}
+        filled = {**point, "max_batch_size": largest, "concurrency": context.space.clamp_concurrency(concurrency)}
         tried = context.tried(trials)
         if (context.space.resolve(filled, context.base), concurrency if context.sampled_concurrency else None) in tried:
             return None
