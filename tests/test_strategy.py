@@ -464,6 +464,19 @@ def test_a_new_best_is_tried_with_the_batch_its_requests_in_flight_fill_on_each_
     assert FILLED_FROM_KEY not in after[1].user_attrs, "once for each best"
 
 
+def test_a_fitted_batch_queued_by_another_worker_is_not_proposed_twice() -> None:
+    figures = {8: (2720.0, 4.6), 16: (3025.0, 9.6), 32: (2282.0, 22.0), 23: (2478.0, 14.8)}
+    tuner = make_tuner(FakeTarget(), ScriptedLoad(figures), max_p95_ms=10.0, concurrency_search="sweep")
+    tuner.study.enqueue_trial({"dynamic_batching": True, "max_batch_size": 8, "max_queue_delay_microseconds": 20000,
+                               "preferred_batch_size": "max", "instance_count": 1})
+    tuner.optimize(1)
+    context = Context(tuner.study, SearchSpace(), FakeTarget().original, sampled_concurrency=False)
+    proposal = FillBatch().propose(context)
+    assert proposal is not None
+    tuner.study.enqueue_trial(proposal.params, user_attrs=proposal.marks)  # waiting: not measured, no config yet
+    assert FillBatch().propose(context) is None
+
+
 NO_REPLY = (0.0, math.inf)
 
 

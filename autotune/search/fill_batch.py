@@ -42,7 +42,7 @@ class FillBatch(Proposer):
         batch = min(sizes, key=lambda size: abs(math.log2(size / share)))
         largest = batch * (2 if point["preferred_batch_size"] == "half" else 1)  # what the batcher waits to fill
         if batch < 2 or batch == params.fill_level or largest not in sizes:
-            return None  # a batch of one is no batch
+            return None  # a batch of one is no batch; its batches fill already; or the space has no such size
         filled = {**point, "max_batch_size": largest, "concurrency": context.space.clamp_concurrency(concurrency)}
         tried = context.tried(trials)
         if (context.space.resolve(filled, context.base), concurrency if context.sampled_concurrency else None) in tried:

@@ -68,8 +68,8 @@ class Run:
 
 def retreat(run: Run, max_p95_ms: float, trial: FrozenTrial) -> float:
     """Where to measure ``trial`` next after ``run`` broke the limit. Measured points beat an estimate: fewer
-    requests in flight are not always faster, since below the batch it waits to fill a batcher with a delay waits
-    the delay out, and a guess there can read worse than the run it retreats from."""
+    requests in flight do not always wait less, since below the batch it waits to fill a batcher waits its delay
+    out, and a guess there can read worse than the run it retreats from."""
     if run.open_loop or run.errors or not math.isfinite(run.p95_ms):
         return run.fewer(max_p95_ms)
     held = [point[0] for point in trial.user_attrs.get(SWEEP_KEY, ())
