@@ -437,31 +437,37 @@ def test_a_rule_of_thumb_whose_knee_holds_fewer_requests_than_its_batch_is_tried
         assert FITTED_FROM_KEY not in fitted.user_attrs and fitted.user_attrs[DELAY_RUNG_KEY] == 1
 
 
-@pytest.mark.parametrize(("instances", "preferred", "batch"), [(1, "max", 16), (2, "max", 8), (1, "half", 32)])
-def test_a_new_best_is_tried_with_the_batch_its_requests_in_flight_fill_on_each_instance(
-    instances: int, preferred: str, batch: int
-) -> None:
-    # mlp live: batches of 8 with a 20 ms delay did best at 16 in flight; batches of 16 there read 10 % more.
-    figures = {4: (1800.0, 3.0), 8: (2720.0, 4.6), 16: (3025.0, 9.6), 32: (2282.0, 22.0), 23: (2478.0, 14.8)}
+# mlp live: batches of 8 with a 20 ms delay did best at 16 in flight; batches of 16 there read 10 % more.
+BATCHES_OF_8_AT_16 = {4: (1800.0, 3.0), 8: (2720.0, 4.6), 16: (3025.0, 9.6), 32: (2282.0, 22.0), 23: (2478.0, 14.8)}
+
+
+def fill_batch_after(instances: int, preferred: str) -> list[FrozenTrial]:
+    """A study whose first trial, batches of 8 (``preferred``) on ``instances``, does best at 16 in flight, then
+    two trials more under ``FillBatch``."""
     space = SearchSpace(instance_count=IntRange(1, 2))
-    tuner = make_tuner(FakeTarget(), ScriptedLoad(figures), max_p95_ms=10.0, space=space,
+    tuner = make_tuner(FakeTarget(), ScriptedLoad(BATCHES_OF_8_AT_16), max_p95_ms=10.0, space=space,
                        strategy=Strategy(FillBatch()), concurrency_search="sweep")
-    eights = {"dynamic_batching": True, "max_batch_size": 8, "max_queue_delay_microseconds": 20000,
-              "preferred_batch_size": preferred, "instance_count": instances}
-    tuner.study.enqueue_trial(eights)
+    tuner.study.enqueue_trial({"dynamic_batching": True, "max_batch_size": 8, "max_queue_delay_microseconds": 20000,
+                               "preferred_batch_size": preferred, "instance_count": instances})
     tuner.optimize(3)
-    best, *after = tuner.study.trials
-    assert best.user_attrs["concurrency"] == 16
-    if batch == 8:
-        assert FILLED_FROM_KEY not in after[0].user_attrs, "8 a piece on 2 instances: its batches fill already"
-        return
-    filled = after[0]
+    assert tuner.study.trials[0].user_attrs["concurrency"] == 16
+    return tuner.study.trials
+
+
+@pytest.mark.parametrize(("preferred", "batch"), [("max", 16), ("half", 32)])
+def test_a_new_best_is_tried_with_the_batch_its_requests_in_flight_fill(preferred: str, batch: int) -> None:
+    best, filled, after = fill_batch_after(instances=1, preferred=preferred)
     assert filled.user_attrs[FILLED_FROM_KEY] == best.number
     # The batch it waits to fill is its preferred one: 16 either way.
     assert trial_params(filled) == replace(trial_params(best), max_batch_size=batch, preferred_batch_size=(16,))
     assert "trial 0's config with the batch its requests in flight fill" in trial_line(filled, 2, 10.0,
                                                                                        Strategy(FillBatch()))
-    assert FILLED_FROM_KEY not in after[1].user_attrs, "once for each best"
+    assert FILLED_FROM_KEY not in after.user_attrs, "once for each best"
+
+
+def test_a_best_whose_batches_each_instance_fills_already_is_left_as_it_is() -> None:
+    _, after, _ = fill_batch_after(instances=2, preferred="max")  # 8 a piece on 2 instances
+    assert FILLED_FROM_KEY not in after.user_attrs
 
 
 def test_a_fitted_batch_queued_by_another_worker_is_not_proposed_twice() -> None:

@@ -22,7 +22,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 from optuna_dashboard import save_note
 
-from autotune.load.policy import Meter
+from autotune.load.policy import Meter, SweepPoint
 from autotune.records import (
     CONFIRM_TOP,
     CONFIRMED_KEY,
@@ -72,8 +72,8 @@ def retreat(run: Run, max_p95_ms: float, trial: FrozenTrial) -> float:
     out, and a guess there can read worse than the run it retreats from."""
     if run.open_loop or run.errors or not math.isfinite(run.p95_ms):
         return run.fewer(max_p95_ms)
-    held = [point[0] for point in trial.user_attrs.get(SWEEP_KEY, ())
-            if point[0] < run.at and point[2] <= max_p95_ms]
+    sweep = [SweepPoint(*record) for record in trial.user_attrs.get(SWEEP_KEY, ())]
+    held = [point.at for point in sweep if point.at < run.at and point.p95_ms <= max_p95_ms]
     if held:
         return max(held)
     params = trial_params(trial)
