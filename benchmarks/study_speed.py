@@ -377,9 +377,11 @@ def _print(picks: list[Pick], scores: dict[str, Score], args: argparse.Namespace
                 print(f"{model:<10} {code:<4} median wall {statistics.median(times):.0f} s over {len(times)}")
         figures = [f"new/{code} wall {statistics.median(walls['new']) / statistics.median(walls[code]):.2f}"
                    for code in ("old", "maq", "mao") if walls["new"] and walls[code]]
-        figures += [f"{code} median score " + format(statistics.median(
-            scores[p.key].median / top if p.key in scores and scores[p.key].feasible else 0.0
-            for p in mine if p.code == code), ".2f") for code in ("new", "twin") if any(p.code == code for p in mine)]
+        for code in ("new", "twin"):
+            relative = [scores[p.key].median / top if p.key in scores and scores[p.key].feasible else 0.0
+                        for p in mine if p.code == code]
+            if relative:
+                figures.append(f"{code} median score {statistics.median(relative):.2f}")
         if figures:
             print(f"{model:<10} {', '.join(figures)} (an over-the-limit pick scores 0)")
 
