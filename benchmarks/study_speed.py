@@ -282,15 +282,18 @@ class Score:
 
 
 def _remeasure(repository: Path, picks: list[Pick], rounds: int, tmp: Path) -> dict[str, Score]:
-    """Each pick's perf_analyzer runs, round-robin. A run during which the server crashed (Triton's Python backend
-    does, now and then, under load) is taken again once on a fresh server, so that one crash costs one run."""
+    """Each pick's perf_analyzer runs, round-robin, every other round backwards as in autotune's re-measurement (a
+    drift of the machine, or a cost left by the model measured before, weighs on all alike). A run during which the
+    server crashed (Triton's Python backend does, now and then, under load) is taken again once on a fresh server,
+    so that one crash costs one run."""
     binary, environment = install_perf_analyzer(None)
-    runs: dict[str, list[tuple[float, float]]] = {p.key: [] for p in picks if p.config}
+    measured = [p for p in picks if p.config]
+    runs: dict[str, list[tuple[float, float]]] = {p.key: [] for p in measured}
     embedded = EmbeddedServer(repository)
     embedded.start()
     try:
         for round_ in range(rounds):
-            for pick in (p for p in picks if p.config):
+            for pick in measured if round_ % 2 == 0 else measured[::-1]:
                 for attempt in range(2):
                     try:
                         reading = _run_once(binary, environment, embedded.url, pick, tmp)
