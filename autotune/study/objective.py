@@ -137,13 +137,13 @@ class Objective:
                 "p95_ms": round(measurement.p95_ms, 3), "concurrency": measurement.concurrency,
                 **({"offered_rate": measurement.offered_rate} if measurement.open_loop else {}),
             })
-        if reading.cannot_win:  # first: a point cut short can also be one that could not win, which ends no ladder
-            trial.set_user_attr(CANNOT_WIN_KEY, True)
-            _prune(trial, value, measurement.windows, _cannot_win(measurement, to_beat))
-        if measurement.cut_short:
+        if measurement.cut_short:  # condemned by a window, whether or not it could win: a rung's ladder ends here
             why = (f"{measurement.errors} errors" if measurement.errors else
                    f"median latency {measurement.p50_ms:.1f} ms, over the limit")
             _prune(trial, value, measurement.windows, f"stopped after window {measurement.windows}: {why}")
+        if reading.cannot_win:
+            trial.set_user_attr(CANNOT_WIN_KEY, True)
+            _prune(trial, value, measurement.windows, _cannot_win(measurement, to_beat))
         if all(c <= 0 for c in limits) and value > best_value(trial.study):
             save_note(trial, new_best_note(config, measurement))
         return value
