@@ -423,7 +423,7 @@ class HopelessReadingsLoad(ReadingsLoad):
 
 
 def test_a_rung_condemned_after_one_window_ends_its_ladder_even_where_it_could_not_win() -> None:
-    # Live, 12 studies whose ladders climbed past such rungs spent 35 trials there and found no new best: where a
+    # Live, 12 studies whose ladders climbed past such rungs spent 43 trials there and found no new best: where a
     # rung's median request already broke the limit, a longer delay only adds waiting.
     load = HopelessReadingsLoad([
         (100.0, 5.0), (1000.0, 10.0), (600.0, 10.0),  # the baseline, the rule of thumb with 1 and 2 instances

@@ -65,7 +65,7 @@ def _next_rung(ladder: list[FrozenTrial], space: SearchSpace) -> dict[str, Any] 
     more (live, `mlp`: batches of 8 read p95 12.1 ms at 8 in flight, their next rung was a new best and their third
     the winner). A rung whose median request already broke the limit (condemned after a window,
     ``Meter.hopeless``) ends its ladder: a longer delay only adds waiting where it starts (live, 12 studies whose
-    ladders climbed past such rungs spent 35 trials there and found no new best)."""
+    ladders climbed past such rungs spent 43 trials there and found no new best)."""
     last = ladder[-1]
     if not last.user_attrs.get(CANNOT_WIN_KEY) and (
             not is_feasible(last) or last.value < RUNG_KEEPS * max(t.value for t in ladder if is_feasible(t))):
