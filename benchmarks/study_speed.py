@@ -69,8 +69,8 @@ BEST_KNOWN = {
              "preferred_batch_size": [16]}, 16),
     "wide_mlp": ({"dynamic_batching": True, "instance_count": 1, "max_batch_size": 16,
                   "max_queue_delay_microseconds": 8940, "preferred_batch_size": [16]}, 16),
-    "gpu_like": ({"dynamic_batching": True, "instance_count": 4, "max_batch_size": 16,
-                  "max_queue_delay_microseconds": 4433, "preferred_batch_size": [8]}, 16),
+    "gpu_like": ({"dynamic_batching": True, "instance_count": 2, "max_batch_size": 8,
+                  "max_queue_delay_microseconds": 11238, "preferred_batch_size": [8]}, 16),
     "contended": ({"dynamic_batching": False, "instance_count": 1, "max_batch_size": 16}, 2),
 }
 
