@@ -60,12 +60,12 @@ class DelayLadder(Proposer):
 def _next_rung(ladder: list[FrozenTrial], space: SearchSpace) -> dict[str, Any] | None:
     """The sampled values of a ladder's next rung, or None where the ladder has ended.
 
-    A rung cut short because it could not win where the study's best peaked, just over the limit there, says
-    nothing of its own ladder's best, so the ladder climbs on: long delays can lose with few instances and win with
-    more (live, `mlp`: batches of 8 read p95 12.1 ms at 8 in flight, their next rung was a new best and their third
-    the winner). A rung whose median request already broke the limit (condemned after a window,
-    ``Meter.hopeless``) ends its ladder: a longer delay only adds waiting where it starts (live, 12 studies whose
-    ladders climbed past such rungs spent 43 trials there and found no new best)."""
+    A rung cut short because it could not win where the study's best peaked (its p95 over the limit there, its
+    median request within it) says nothing of its own ladder's best, so the ladder climbs on: long delays can lose
+    with few instances and win with more (live, `mlp`: batches of 8 read p95 12.1 ms at 8 in flight, their next
+    rung was a new best and their third the winner). A rung whose median request already broke the limit
+    (condemned after a window, ``Meter.hopeless``) ends its ladder: a longer delay only adds waiting where it starts
+    (live, 12 studies whose ladders climbed past such rungs spent 43 trials there and found no new best)."""
     last = ladder[-1]
     if not last.user_attrs.get(CANNOT_WIN_KEY) and (
             not is_feasible(last) or last.value < RUNG_KEEPS * max(t.value for t in ladder if is_feasible(t))):
