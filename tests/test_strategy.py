@@ -476,7 +476,7 @@ BATCHES_OF_8_AT_16 = {4: (1800.0, 3.0), 8: (2720.0, 4.6), 16: (3025.0, 9.6), 32:
 
 def fill_batch_after(instances: int, preferred: str) -> list[FrozenTrial]:
     """A study whose first trial, batches of 8 (``preferred``) on ``instances``, does best at 16 in flight, then
-    two trials more under ``FillBatch``."""
+    two trials more under ``FillBatch``: the first three trials."""
     space = SearchSpace(instance_count=IntRange(1, 2))
     tuner = make_tuner(FakeTarget(), ScriptedLoad(BATCHES_OF_8_AT_16), max_p95_ms=10.0, space=space,
                        strategy=Strategy(FillBatch()), concurrency_search="sweep")
@@ -484,7 +484,7 @@ def fill_batch_after(instances: int, preferred: str) -> list[FrozenTrial]:
                                "preferred_batch_size": preferred, "instance_count": instances})
     tuner.optimize(3)
     assert tuner.study.trials[0].user_attrs["concurrency"] == 16
-    return tuner.study.trials
+    return tuner.study.trials[:3]  # a sampler's draw that repeats measured settings adds a trial that counts for none
 
 
 @pytest.mark.parametrize(("preferred", "batch"), [("max", 16), ("half", 32)])
