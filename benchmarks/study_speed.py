@@ -62,8 +62,8 @@ PA_WINDOW_MS = 2000
 # perf_analyzer's stability rule (its last three windows within this many percent of their mean): at its default
 # 10 it found no stable figure within 16 windows for a fifth of the picks on this machine, and a yardstick must read.
 PA_STABILITY = 25
-# The best config each model's runs have shown (benchmarks/README.md, 2026-12-07 16:23), at its concurrency:
-# ``--twins``.
+# The best config each model's runs have shown (benchmarks/README.md, 2026-12-07; gpu_like's from the run of 18:33),
+# at its concurrency: ``--twins``.
 BEST_KNOWN = {
     "mlp": ({"dynamic_batching": True, "instance_count": 1, "max_batch_size": 16, "max_queue_delay_microseconds": 8940,
              "preferred_batch_size": [16]}, 16),

@@ -5,9 +5,9 @@ A sweep stands on the most requests in flight that held the limit once, so the t
 and the next reading often breaks it. A run that breaks the limit moves that trial's next runs to fewer requests in
 flight (``retreat``): to the most that its own sweep saw hold the limit, or, where it saw none, as many fewer as its
 p95 was over (at saturation latency grows with the requests in flight, Little's law) and a little more, but not
-below the batch that a batcher whose delay costs more than that margin waits to fill. The winner is crowned, and
-deployed, at the concurrency where its runs held most often. An open loop's trials are measured again at the rate
-they sustained; a run that did not sustain it moves the next runs to ``MARGIN`` of that rate.
+below the batch that a batcher waits to fill where its delay is ``WAITS_OUT`` of the limit or more. The winner is
+crowned, and deployed, at the concurrency where its runs held most often. An open loop's trials are measured again
+at the rate they sustained; a run that did not sustain it moves the next runs to ``MARGIN`` of that rate.
 """
 
 from __future__ import annotations
