@@ -14,6 +14,7 @@ from autotune.load.loop import LoadSettings
 from autotune.load.policy import Load, Meter
 from autotune.load.schedule import Schedule
 from autotune.load.windows import Measurement
+from autotune.params import ServerParams
 from autotune.search import DelayLadder, LocalStep, SearchSpace, Strategy
 from autotune.search.space import ConcurrencySearch
 from autotune.study.objective import Objective, Target
@@ -43,6 +44,10 @@ class FakeTarget:
         self._loaded = params_of(config)
         self.loads += 1
         return True
+
+    @property
+    def loaded(self) -> ServerParams:
+        return self._loaded
 
     def statistics(self) -> dict[str, float]:
         return dict.fromkeys(("success_count", "execution_count", "queue_ns", "compute_input_ns",

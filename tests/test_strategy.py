@@ -36,11 +36,14 @@ from autotune.search import (
     FILLED_FROM_KEY,
     FITTED_FROM_KEY,
     SAMPLERS_TURN,
+    SPREAD_FROM_KEY,
     STEP_FROM_KEY,
     Context,
+    DelayLadder,
     Explore,
     FillBatch,
     IntRange,
+    MoreInstances,
     Proposal,
     Proposer,
     SearchSpace,
@@ -514,6 +517,105 @@ def test_a_fitted_batch_queued_by_another_worker_is_not_proposed_twice() -> None
     assert proposal is not None
     tuner.study.enqueue_trial(proposal.params, user_attrs=proposal.marks)  # waiting: not measured, no config yet
     assert FillBatch().propose(context) is None
+
+
+# gpu_like live: batches of 32 with a 2 ms delay on one instance held the limit at 8 in flight; at 16 they read
+# 43 % more, over it (the best config known: batches of 8 on 2 instances at 16).
+LATENCY_BOUND = {4: (578.0, 8.0), 8: (989.0, 8.8), 11: (1188.0, 10.6), 16: (1412.0, 13.7), 32: (1760.0, 23.7)}
+# The same sweep where more requests in flight read 9 % more at most: within the noise between two points.
+WITHIN_NOISE = {**LATENCY_BOUND, 11: (1040.0, 10.6), 16: (1080.0, 13.7), 32: (1070.0, 23.7)}
+
+
+def more_instances_after(figures: dict[int, tuple[float, float]], most: int) -> list[FrozenTrial]:
+    """A study whose first trial, batches of 32 on one instance, reads ``figures``, then two trials more under
+    ``MoreInstances`` in a space of 1 to ``most`` instances: the first three trials."""
+    space = SearchSpace(instance_count=IntRange(1, most))
+    tuner = make_tuner(FakeTarget(), ScriptedLoad(figures), max_p95_ms=10.0, space=space,
+                       strategy=Strategy(MoreInstances()), concurrency_search="sweep")
+    tuner.study.enqueue_trial({"dynamic_batching": True, "max_batch_size": 32, "max_queue_delay_microseconds": 1999,
+                               "preferred_batch_size": "max", "instance_count": 1})
+    tuner.optimize(3)
+    return tuner.study.trials[:3]
+
+
+def test_a_best_that_read_clearly_more_with_more_requests_in_flight_is_tried_on_twice_the_instances() -> None:
+    best, spread, after = more_instances_after(LATENCY_BOUND, most=4)
+    assert best.user_attrs["concurrency"] == 8
+    assert spread.user_attrs[SPREAD_FROM_KEY] == best.number
+    # Each instance keeps its share of the requests in flight, 8, in batches it fills.
+    assert trial_params(spread) == replace(trial_params(best), instance_count=2, max_batch_size=8,
+                                           preferred_batch_size=(8,))
+    assert "trial 0's config on twice the instances" in trial_line(spread, 2, 10.0, Strategy(MoreInstances()))
+    assert SPREAD_FROM_KEY not in after.user_attrs, "once for each best"
+
+
+@pytest.mark.parametrize(("figures", "most"), [
+    pytest.param(BATCHES_OF_8_AT_16, 4, id="more-in-flight-read-less"),
+    pytest.param(WITHIN_NOISE, 4, id="more-in-flight-read-under-a-tenth-more"),
+    pytest.param(LATENCY_BOUND, 1, id="no-room-for-twice-the-instances"),
+])
+def test_a_best_held_back_by_its_work_or_by_the_space_keeps_its_instances(
+    figures: dict[int, tuple[float, float]], most: int
+) -> None:
+    assert not any(SPREAD_FROM_KEY in t.user_attrs for t in more_instances_after(figures, most))
+
+
+@dataclass
+class ByInstances:
+    """Fixed figures per concurrency, as ``ScriptedLoad``'s, for the instance count the target has loaded."""
+
+    target: FakeTarget
+    figures: dict[int, dict[int, tuple[float, float]]]
+
+    def measure(self, concurrency: int, stop_early: object = None, warmup_s: float | None = None,
+                enough: object = None) -> Measurement:
+        return ScriptedLoad(self.figures[self.target.loaded.instance_count]).measure(concurrency, warmup_s=warmup_s)
+
+
+# gpu_like live: batches of 8 on 2 instances with a 2 ms delay, 1819 infer/s at 16 in flight.
+SPREAD_HELD = {4: (600.0, 6.0), 8: (1201.0, 7.8), 16: (1819.0, 9.8), 32: (1824.0, 18.4), 23: (1780.0, 14.1)}
+# Within the limit, and less than the config it spread from read.
+SPREAD_READ_LESS = {level: (throughput / 2, p95_ms) for level, (throughput, p95_ms) in SPREAD_HELD.items()}
+# More throughput, over the limit everywhere.
+SPREAD_BROKE = {level: (throughput, 11.0) for level, (throughput, _) in SPREAD_HELD.items()}
+
+
+@pytest.mark.parametrize(("spread", "climbs"), [
+    pytest.param(SPREAD_HELD, True, id="held-the-limit-and-read-more"),
+    pytest.param(SPREAD_READ_LESS, False, id="read-less"),
+    pytest.param(SPREAD_BROKE, False, id="broke-the-limit"),
+])
+def test_a_spread_that_read_more_than_its_origin_climbs_its_own_delay_ladder(
+    spread: dict[int, tuple[float, float]], climbs: bool
+) -> None:
+    target = FakeTarget()
+    tuner = make_tuner(target, ByInstances(target, {1: LATENCY_BOUND, 2: spread}), max_p95_ms=10.0,
+                       strategy=Strategy(MoreInstances()), concurrency_search="sweep")
+    tuner.study.enqueue_trial({"dynamic_batching": True, "max_batch_size": 32, "max_queue_delay_microseconds": 1999,
+                               "preferred_batch_size": "max", "instance_count": 1})
+    tuner.optimize(2)
+    spread_trial = tuner.study.trials[1]
+    assert SPREAD_FROM_KEY in spread_trial.user_attrs
+    assert is_feasible(spread_trial) == (spread is not SPREAD_BROKE)
+    rung = DelayLadder().propose(Context(tuner.study, SearchSpace(), target.original, sampled_concurrency=False))
+    if not climbs:
+        assert rung is None
+        return
+    assert rung is not None and rung.marks == {DELAY_RUNG_KEY: 1}
+    # The delay it was found with, one step longer.
+    assert rung.params == {**spread_trial.params, "max_queue_delay_microseconds": 8940}
+
+
+def test_a_spread_queued_by_another_worker_is_not_proposed_twice() -> None:
+    tuner = make_tuner(FakeTarget(), ScriptedLoad(LATENCY_BOUND), max_p95_ms=10.0, concurrency_search="sweep")
+    tuner.study.enqueue_trial({"dynamic_batching": True, "max_batch_size": 32, "max_queue_delay_microseconds": 1999,
+                               "preferred_batch_size": "max", "instance_count": 1})
+    tuner.optimize(1)
+    context = Context(tuner.study, SearchSpace(), FakeTarget().original, sampled_concurrency=False)
+    proposal = MoreInstances().propose(context)
+    assert proposal is not None
+    tuner.study.enqueue_trial(proposal.params, user_attrs=proposal.marks)  # waiting: not measured, no config yet
+    assert MoreInstances().propose(context) is None
 
 
 NO_REPLY = (0.0, math.inf)

@@ -121,7 +121,8 @@ def optimize(
         help="Optuna sampler: tpe (multivariate TPE), gp (Gaussian process; needs the gp extra, PyTorch) or "
         "random (a yardstick). tpe and gp learn where the p95 limit holds; after the Triton guide's rule of thumb "
         "and its batcher delay ladders (with the fewest and the most instances) they take turns with steps from "
-        "the best config so far (one setting moved one step).")] = "tpe",
+        "the best config so far (one setting moved one step); a best that read clearly more with more requests in "
+        "flight is also tried on twice the instances.")] = "tpe",
     concurrency_search: Annotated[ConcurrencySearch, typer.Option(
         help="sample: concurrency is one more sampled setting. sweep: each trial doubles it on its config, "
         "without reloads, from where the best config so far peaked (or the batcher's fill level), while p95 holds "

@@ -11,6 +11,7 @@ them tried.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from optuna.trial import FrozenTrial
 
@@ -19,6 +20,17 @@ from autotune.search.strategy import Context, Proposal, Proposer
 
 # Marks a trial with the best trial whose batch it fitted to that trial's requests in flight.
 FILLED_FROM_KEY = "filled_from"
+
+
+def filling(point: dict[str, Any], sizes: list[int], share: float) -> dict[str, Any] | None:
+    """``point`` (a batcher's, as ``SearchSpace.point`` gives it) with the batch its batcher waits to fill (its
+    preferred batch size) nearest ``share`` requests; None where that is a batch of one (no batch) or the space
+    has no such size."""
+    batch = min(sizes, key=lambda size: abs(math.log2(size / share)))
+    largest = batch * (2 if point["preferred_batch_size"] == "half" else 1)
+    if batch < 2 or largest not in sizes:
+        return None
+    return {**point, "max_batch_size": largest}
 
 
 class FillBatch(Proposer):
@@ -38,12 +50,10 @@ class FillBatch(Proposer):
         point = context.space.point(params, context.base, concurrency)
         if point is None:
             return None
-        sizes, share = context.space.batch_sizes(context.base), concurrency / params.instance_count
-        batch = min(sizes, key=lambda size: abs(math.log2(size / share)))
-        largest = batch * (2 if point["preferred_batch_size"] == "half" else 1)  # what the batcher waits to fill
-        if batch < 2 or batch == params.fill_level or largest not in sizes:
-            return None  # a batch of one is no batch; its batches fill already; or the space has no such size
-        filled = {**point, "max_batch_size": largest, "concurrency": context.space.clamp_concurrency(concurrency)}
+        filled = filling(point, context.space.batch_sizes(context.base), concurrency / params.instance_count)
+        if filled is None or filled["max_batch_size"] == point["max_batch_size"]:
+            return None  # no batch fits that share, or its batches fill already
+        filled["concurrency"] = context.space.clamp_concurrency(concurrency)
         tried = context.tried(trials)
         if (context.space.resolve(filled, context.base), concurrency if context.sampled_concurrency else None) in tried:
             return None
