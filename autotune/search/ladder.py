@@ -1,10 +1,11 @@
 """The Triton guide's delay ladder: "try increasing delay values until the latency budget is exceeded".
 
-Each rule of thumb starts a ladder (a fitted one, ``FittedBatch``, too, before the one it fits); a rung is the
-ladder's last rung with the batcher delay one step longer (``SearchSpace.delay_steps``). Throughput need not rise or
-fall steadily with the delay (on a demo model's grid a short delay read less than no delay and than a longer one),
-so a ladder walks through a dip that would end a climb by local steps, and tries the long delays that TPE seldom
-reaches in a budget of tens of trials.
+Each rule of thumb starts a ladder (a fitted one, ``FittedBatch``, too, before the one it fits), and so does a best
+config spread over twice the instances (``MoreInstances``) that read more than the config it spread from: its delay
+is the one that config was found with. A rung is the ladder's last rung with the batcher delay one step longer
+(``SearchSpace.delay_steps``). Throughput need not rise or fall steadily with the delay (on a demo model's grid a
+short delay read less than no delay and than a longer one), so a ladder walks through a dip that would end a climb
+by local steps, and tries the long delays that TPE seldom reaches in a budget of tens of trials.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from optuna.trial import FrozenTrial
 
 from autotune.records import CANNOT_WIN_KEY, counts_toward_total, is_feasible
 from autotune.search.fitted_batch import FITTED_FROM_KEY
+from autotune.search.more_instances import SPREAD_FROM_KEY
 from autotune.search.rule_of_thumb import RULE_OF_THUMB_KEY
 from autotune.search.space import SearchSpace
 from autotune.search.strategy import Context, Proposal, Proposer
@@ -34,8 +36,9 @@ class DelayLadder(Proposer):
     already condemned it. While any rung is still out, nothing is proposed: the next rung depends on it."""
 
     def propose(self, context: Context) -> Proposal | None:
-        rungs = [t for t in context.trials if t.user_attrs.get(RULE_OF_THUMB_KEY) or FITTED_FROM_KEY in t.user_attrs
-                 or DELAY_RUNG_KEY in t.user_attrs]
+        trials = context.trials
+        rungs = [t for t in trials if t.user_attrs.get(RULE_OF_THUMB_KEY) or FITTED_FROM_KEY in t.user_attrs
+                 or DELAY_RUNG_KEY in t.user_attrs or _beat_its_origin(t, trials)]
         if not all(t.state.is_finished() for t in rungs):
             return None
         ladders: dict[tuple[int, int], list[FrozenTrial]] = {}
@@ -55,6 +58,16 @@ class DelayLadder(Proposer):
 
     def __repr__(self) -> str:
         return "DelayLadder()"
+
+
+def _beat_its_origin(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:
+    """Whether ``trial`` spread a best config over twice the instances and read more than that config: a new family
+    of configs worth its own ladder (one over the limit ends it at once, as any rung). One that read less (live,
+    ``gpu_like``: the rule of thumb's short delay on 2 instances in batches of 4, which cap the device at 1333
+    infer/s) would spend its rungs below where the one it spread from already stands."""
+    if SPREAD_FROM_KEY not in trial.user_attrs or trial.value is None:
+        return False
+    return trial.value > trials[trial.user_attrs[SPREAD_FROM_KEY]].value
 
 
 def _next_rung(ladder: list[FrozenTrial], space: SearchSpace) -> dict[str, Any] | None:
