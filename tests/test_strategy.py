@@ -506,19 +506,6 @@ def test_a_best_whose_batches_each_instance_fills_already_is_left_as_it_is() -> 
     assert FILLED_FROM_KEY not in after.user_attrs
 
 
-def test_a_fitted_batch_queued_by_another_worker_is_not_proposed_twice() -> None:
-    figures = {8: (2720.0, 4.6), 16: (3025.0, 9.6), 32: (2282.0, 22.0), 23: (2478.0, 14.8)}
-    tuner = make_tuner(FakeTarget(), ScriptedLoad(figures), max_p95_ms=10.0, concurrency_search="sweep")
-    tuner.study.enqueue_trial({"dynamic_batching": True, "max_batch_size": 8, "max_queue_delay_microseconds": 20000,
-                               "preferred_batch_size": "max", "instance_count": 1})
-    tuner.optimize(1)
-    context = Context(tuner.study, SearchSpace(), FakeTarget().original, sampled_concurrency=False)
-    proposal = FillBatch().propose(context)
-    assert proposal is not None
-    tuner.study.enqueue_trial(proposal.params, user_attrs=proposal.marks)  # waiting: not measured, no config yet
-    assert FillBatch().propose(context) is None
-
-
 # gpu_like live: batches of 32 with a 2 ms delay on one instance held the limit at 8 in flight; at 16 they read
 # 43 % more, over it (the best config known: batches of 8 on 2 instances at 16).
 LATENCY_BOUND = {4: (578.0, 8.0), 8: (989.0, 8.8), 11: (1188.0, 10.6), 16: (1412.0, 13.7), 32: (1760.0, 23.7)}
@@ -606,16 +593,22 @@ def test_a_spread_that_read_more_than_its_origin_climbs_its_own_delay_ladder(
     assert rung.params == {**spread_trial.params, "max_queue_delay_microseconds": 8940}
 
 
-def test_a_spread_queued_by_another_worker_is_not_proposed_twice() -> None:
-    tuner = make_tuner(FakeTarget(), ScriptedLoad(LATENCY_BOUND), max_p95_ms=10.0, concurrency_search="sweep")
-    tuner.study.enqueue_trial({"dynamic_batching": True, "max_batch_size": 32, "max_queue_delay_microseconds": 1999,
-                               "preferred_batch_size": "max", "instance_count": 1})
+@pytest.mark.parametrize(("proposer", "figures", "batch"), [
+    pytest.param(FillBatch(), BATCHES_OF_8_AT_16, 8, id="a-filled-batch"),
+    pytest.param(MoreInstances(), LATENCY_BOUND, 32, id="a-spread"),
+])
+def test_a_proposal_queued_by_another_worker_is_not_proposed_twice(
+    proposer: Proposer, figures: dict[int, tuple[float, float]], batch: int
+) -> None:
+    tuner = make_tuner(FakeTarget(), ScriptedLoad(figures), max_p95_ms=10.0, concurrency_search="sweep")
+    tuner.study.enqueue_trial({"dynamic_batching": True, "max_batch_size": batch, "preferred_batch_size": "max",
+                               "max_queue_delay_microseconds": 1999, "instance_count": 1})
     tuner.optimize(1)
     context = Context(tuner.study, SearchSpace(), FakeTarget().original, sampled_concurrency=False)
-    proposal = MoreInstances().propose(context)
+    proposal = proposer.propose(context)
     assert proposal is not None
     tuner.study.enqueue_trial(proposal.params, user_attrs=proposal.marks)  # waiting: not measured, no config yet
-    assert MoreInstances().propose(context) is None
+    assert proposer.propose(context) is None
 
 
 NO_REPLY = (0.0, math.inf)
