@@ -50,7 +50,7 @@ class MoreInstances(Proposer):
                 return None
         spread = {**point, "instance_count": instances}
         if (space.resolve(spread, context.base), None) in context.tried(trials):
-            return None  # its sweep starts where the best stands, and doubles from there
+            return None  # tried already (concurrency is swept here, not part of the settings)
         return Proposal(spread, {SPREAD_FROM_KEY: best.number})
 
     @staticmethod
