@@ -22,7 +22,13 @@ from autotune.load.windows import MIN_WINDOWS, Measurement
 SETTLE_S = 0.1
 # A sweep stops once doubling the requests in flight gains less than this: the server is saturated.
 SATURATION_GAIN = 0.05
-# Below a batcher's fill level, a sweep that halves goes on only while each halving leaves p95 under this share.
+# Below the batch it waits to fill, a batcher waits its delay out on every batch: where the delay is this share of
+# the limit or more, that wait, not the load, sets the latency (live: a 9 ms delay under 10 ms read 16 ms below its
+# batch); where it is less, fewer requests in flight still wait less (a 100 us delay under 10 ms: p95 19.8 ms at 16
+# in flight, 5 ms at 8).
+WAITS_OUT = 0.5
+# Below the fill level of a batcher that waits out its delay, a sweep that halves goes on only while each halving
+# leaves p95 under this share.
 BELOW_FILL_GAIN = 0.9
 # A point or trial whose throughput is clearly under this share of the study's best feasible one cannot win: the
 # machine's noise between two readings of one config is within a tenth most of the time.
@@ -91,15 +97,18 @@ class Meter:
     _warm: bool = False  # the loaded config has served load since it was loaded
 
     def trial(self, reloaded: bool, fill: int, concurrency: int | None = None, start: int = 1,
-              to_beat: float = -math.inf) -> Reading:
+              to_beat: float = -math.inf, delay_ms: float = 0.0) -> Reading:
         """Measure the loaded config at ``concurrency``, or sweep it when None, from ``start`` requests in flight or
-        its batcher's ``fill`` level, whichever is higher; ``to_beat`` is the study's best feasible throughput.
+        its batcher's ``fill`` level, whichever is higher; ``to_beat`` is the study's best feasible throughput and
+        ``delay_ms`` its batcher's delay.
 
         A freshly loaded model's first replies can stall past the warm-up on a busy machine (another server loading
         beside it): a measurement with not a single reply nor error is taken once more, fully warmed up, which tells
         a stall from a model that never answers.
         """
-        return self._twice(lambda warmup_s: self._measure(warmup_s, fill, concurrency, start, to_beat), reloaded)
+        fill_floor = fill if waits_out(delay_ms, self.max_p95_ms) else 1
+        return self._twice(lambda warmup_s: self._measure(warmup_s, fill, fill_floor, concurrency, start, to_beat),
+                           reloaded)
 
     def rate_trial(self, reloaded: bool, to_beat: float = -math.inf) -> Reading:
         """Sweep the loaded config open-loop for the highest rate it sustains (``rate_sweep``), from where it could
@@ -167,11 +176,12 @@ class Meter:
         self._warm = True
         return SETTLE_S if warm else self.warmup_s
 
-    def _measure(self, warmup_s: float, fill: int, concurrency: int | None, start: int, to_beat: float) -> Reading:
+    def _measure(self, warmup_s: float, fill: int, fill_floor: int, concurrency: int | None, start: int,
+                 to_beat: float) -> Reading:
         if concurrency is not None:
             measured = self.load.measure(concurrency, self.hopeless, warmup_s, self.enough(to_beat))
             return Reading(measured, (), measured.warmup_s)
-        return _Sweep(self, warmup_s, to_beat).run(fill, start)
+        return _Sweep(self, warmup_s, to_beat).run(fill, fill_floor, start)
 
     def _rate_sweep(self, warmup_s: float, to_beat: float) -> Reading:
         arrivals = self.arrivals
@@ -188,17 +198,23 @@ class Meter:
                        sum(p.warmup_s for p in found.points), found.client_bound, found.cannot_win)
 
 
+def waits_out(delay_ms: float, max_p95_ms: float) -> bool:
+    """Whether a batcher with this delay, held below the batch it waits to fill, waits long enough to set the
+    latency under ``max_p95_ms`` itself (``WAITS_OUT``)."""
+    return delay_ms >= WAITS_OUT * max_p95_ms
+
+
 class _Sweep:
     """One concurrency sweep of the loaded config (``Meter.trial``).
 
     It starts at the higher of ``start`` (where the study's best config peaked) and the batcher's fill level (below
     it a dynamic batcher cannot fill a batch and waits out its delay), snapped down to a level, and doubles while
     the config holds the limit and still gains throughput. A start that breaks the limit halves instead, until a
-    point holds it; below the fill level only while halving still cuts p95 by a tenth, since there each batch can
-    wait the delay out and the delay, not the load, sets the latency. Between the highest point that held the limit
-    and the lowest one above it that broke it, one point at their geometric mean is tried: the answer often sits
-    between two powers of two. Neither a reload nor a full warm-up is needed between points, so one trial learns a
-    config's useful range from a few points.
+    point holds it; below the fill level of a batcher that waits its delay out (``waits_out``), only while halving
+    still cuts p95 by a tenth, since there the delay, not the load, sets the latency. Between the highest point that
+    held the limit and the lowest one above it that broke it, one point at their geometric mean is tried: the answer
+    often sits between two powers of two. Neither a reload nor a full warm-up is needed between points, so one trial
+    learns a config's useful range from a few points.
 
     Throughput only falls as fewer requests are in flight, so a start that breaks the limit while reading clearly
     under the study's best cannot win: the sweep ends there (``cannot_win``). For the same reason the point between
@@ -221,7 +237,8 @@ class _Sweep:
     def can_win(self, measured: Measurement) -> bool:
         return measured.throughput >= CANNOT_WIN * self.to_beat
 
-    def run(self, fill: int, start: int) -> Reading:
+    def run(self, fill: int, fill_floor: int, start: int) -> Reading:
+        """Sweep from ``start`` or ``fill``; below ``fill_floor`` the batcher's delay sets the latency (1: nowhere)."""
         levels, feasible = list(self.meter.levels), self.meter.feasible
         index = max([0, *(i for i, level in enumerate(levels) if level <= max(start, fill))])
         measured = self.measure(levels[index])
@@ -240,9 +257,9 @@ class _Sweep:
         elif not measured.errors:
             for level in reversed(levels[:index]):
                 previous = self.points[-1]
-                if previous.concurrency < fill and len(self.points) > 1 and (
+                if previous.concurrency < fill_floor and len(self.points) > 1 and (
                         previous.p95_ms > BELOW_FILL_GAIN * self.points[-2].p95_ms):
-                    break  # below the fill level, the batcher's delay is the floor: halving no longer helps
+                    break  # the batcher's delay is the floor: halving no longer helps
                 measured = self.measure(level)
                 if feasible(measured) or measured.errors:
                     break

@@ -5,7 +5,7 @@ A sweep stands on the most requests in flight that held the limit once, so the t
 and the next reading often breaks it. A run that breaks the limit moves that trial's next runs to fewer requests in
 flight (``retreat``): to the most that its own sweep saw hold the limit, or, where it saw none, as many fewer as its
 p95 was over (at saturation latency grows with the requests in flight, Little's law) and a little more, but not
-below the batch that a batcher waits to fill where its delay is ``WAITS_OUT`` of the limit or more. The winner is
+below the batch that a batcher waits to fill where it waits its delay out (``policy.waits_out``). The winner is
 crowned, and deployed, at the concurrency where its runs held most often. An open loop's trials are measured again
 at the rate they sustained; a run that did not sustain it moves the next runs to ``MARGIN`` of that rate.
 """
@@ -22,7 +22,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 from optuna_dashboard import save_note
 
-from autotune.load.policy import Meter, SweepPoint
+from autotune.load.policy import Meter, SweepPoint, waits_out
 from autotune.records import (
     CONFIRM_TOP,
     CONFIRMED_KEY,
@@ -39,10 +39,6 @@ from autotune.triton.model_config import apply
 # A trial whose run broke the limit is measured next at this share of the concurrency that would just hold it, or
 # of the rate it did not sustain.
 MARGIN = 0.9
-# Below the batch it waits to fill, a batcher waits its delay out on every batch: where the delay is this share of
-# the limit or more, a retreat there reads worse than the run it retreats from (live: a 9 ms delay under 10 ms read
-# 16 ms below its batch); where it is less, holding at its batch breaks the limit again (2 ms: 3 runs of 3).
-WAITS_OUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,7 @@ def retreat(run: Run, max_p95_ms: float, trial: FrozenTrial) -> float:
     if held:
         return max(held)
     params = trial_params(trial)
-    waits = params.max_queue_delay_microseconds / 1000 >= WAITS_OUT * max_p95_ms
+    waits = waits_out(params.max_queue_delay_microseconds / 1000, max_p95_ms)
     return max(run.fewer(max_p95_ms), min(params.fill_level if waits else 1, run.at))
 
 
