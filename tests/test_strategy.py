@@ -571,7 +571,8 @@ class ByInstances:
 
 
 # gpu_like live: batches of 8 on 2 instances with a 2 ms delay, 1819 infer/s at 16 in flight.
-SPREAD_HELD = {1: (150.0, 5.0), 2: (300.0, 5.5), 4: (600.0, 6.0), 8: (1201.0, 7.8), 16: (1819.0, 9.8), 32: (1824.0, 18.4), 23: (1780.0, 14.1)}
+SPREAD_HELD = {1: (150.0, 5.0), 2: (300.0, 5.5), 4: (600.0, 6.0), 8: (1201.0, 7.8), 16: (1819.0, 9.8),
+               32: (1824.0, 18.4), 23: (1780.0, 14.1)}
 # Within the limit, and less than the config it spread from read.
 SPREAD_READ_LESS = {level: (throughput / 2, p95_ms) for level, (throughput, p95_ms) in SPREAD_HELD.items()}
 # More throughput, over the limit everywhere.
