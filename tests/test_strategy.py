@@ -269,25 +269,21 @@ def test_with_no_point_within_the_limit_a_trial_stands_on_the_closest_and_halves
     assert trial.state == TrialState.COMPLETE and not is_feasible(trial)
 
 
-def test_a_short_batcher_delay_lets_a_sweep_halve_below_the_fill_level_to_where_the_limit_holds() -> None:
-    load = ScriptedLoad({32: (2300, 27), 16: (2200, 12), 8: (1900, 6), 11: (2050, 9)})
-    tuner = make_tuner(FakeTarget(), load, max_p95_ms=10.0, concurrency_search="sweep")
+@pytest.mark.parametrize(("figures", "standing"), [
+    pytest.param({32: (2300, 27), 16: (2200, 12), 8: (1900, 6), 11: (2050, 9)}, 2050, id="p95-falls-at-each-halving"),
+    # mlp live, a slow minute: 16 in flight read p95 as 32 did, which says nothing of 8 where the delay is no floor.
+    pytest.param({32: (2508, 19.4), 16: (1306, 19.8), 8: (2589, 5.0), 11: (2905, 6.5)}, 2905,
+                 id="p95-held-at-one-halving"),
+])
+def test_a_short_batcher_delay_lets_a_sweep_halve_below_the_fill_level_to_where_the_limit_holds(
+    figures: dict[int, tuple[float, float]], standing: float
+) -> None:
+    tuner = make_tuner(FakeTarget(), ScriptedLoad(figures), max_p95_ms=10.0, concurrency_search="sweep")
     tuner.study.enqueue_trial({**BATCHES_OF_8, "max_batch_size": 32, "max_queue_delay_microseconds": 100})
     tuner.optimize(1)
     (trial,) = tuner.study.trials
     assert [point[0] for point in trial.user_attrs["sweep"]] == [32, 16, 8, 11]
-    assert (trial.user_attrs["concurrency"], trial.value) == (11, 2050) and is_feasible(trial)
-
-
-def test_a_short_batcher_delay_halves_below_the_fill_level_even_where_one_halving_did_not_cut_p95() -> None:
-    # mlp live, a slow minute: a 100 us delay is no floor, so 16 in flight reading p95 as 32 did says nothing of 8.
-    load = ScriptedLoad({32: (2508, 19.4), 16: (1306, 19.8), 8: (2589, 5.0), 11: (2905, 6.5)})
-    tuner = make_tuner(FakeTarget(), load, max_p95_ms=10.0, concurrency_search="sweep")
-    tuner.study.enqueue_trial({**BATCHES_OF_8, "max_batch_size": 32, "max_queue_delay_microseconds": 100})
-    tuner.optimize(1)
-    (trial,) = tuner.study.trials
-    assert [point[0] for point in trial.user_attrs["sweep"]] == [32, 16, 8, 11]
-    assert (trial.user_attrs["concurrency"], trial.value) == (11, 2905) and is_feasible(trial)
+    assert (trial.user_attrs["concurrency"], trial.value) == (11, standing) and is_feasible(trial)
 
 
 def test_a_sweep_whose_first_point_breaks_the_limit_is_an_infeasible_trial() -> None:
