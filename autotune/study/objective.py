@@ -112,7 +112,7 @@ class Objective:
         else:
             start = best.user_attrs[CONCURRENCY_KEY] if best is not None and concurrency is None else 1
             reading = self.meter.trial(reloaded, params.fill_level, concurrency, start, to_beat,
-                                           params.max_queue_delay_microseconds / 1000)
+                                       params.max_queue_delay_microseconds / 1000)
         measurement = reading.measurement
         value = measurement.offered_rate if measurement.open_loop else measurement.throughput
         if concurrency is None:
