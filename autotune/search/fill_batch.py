@@ -15,7 +15,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from autotune.records import CONCURRENCY_KEY, best_trial, counts_or_pending, trial_params
+from autotune.records import CONCURRENCY_KEY, best_trial, trial_params
 from autotune.search.strategy import Context, Proposal, Proposer
 
 # Marks a trial with the best trial whose batch it fitted to that trial's requests in flight.
@@ -43,8 +43,7 @@ class FillBatch(Proposer):
         if best is None or not best.user_attrs.get(CONCURRENCY_KEY):
             return None  # nothing feasible yet, or an open loop's trial (no requests in flight to fill)
         params = trial_params(best)
-        if not params.dynamic_batching or best.number in {t.user_attrs.get(FILLED_FROM_KEY) for t in trials
-                                                          if counts_or_pending(t)}:
+        if not params.dynamic_batching or best.number in context.proposed_from(FILLED_FROM_KEY):
             return None
         concurrency = best.user_attrs[CONCURRENCY_KEY]
         point = context.space.point(params, context.base, concurrency)

@@ -14,7 +14,7 @@ import math
 
 from optuna.trial import FrozenTrial
 
-from autotune.records import CONCURRENCY_KEY, counts_or_pending
+from autotune.records import CONCURRENCY_KEY
 from autotune.search.rule_of_thumb import rules_of_thumb
 from autotune.search.strategy import Context, Proposal, Proposer
 
@@ -28,7 +28,7 @@ class FittedBatch(Proposer):
 
     def propose(self, context: Context) -> Proposal | None:
         sizes, trials = context.space.batch_sizes(context.base), context.trials
-        done = {t.user_attrs.get(FITTED_FROM_KEY) for t in trials if counts_or_pending(t)}
+        done = context.proposed_from(FITTED_FROM_KEY)
         for rule in rules_of_thumb(trials):
             if rule.number in done or not rule.user_attrs.get(CONCURRENCY_KEY) or "max_batch_size" not in rule.params:
                 continue  # not measured yet, an open loop's (no requests-in-flight knee), or nothing to batch

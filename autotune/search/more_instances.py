@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from optuna.trial import FrozenTrial
 
-from autotune.records import CONCURRENCY_KEY, SWEEP_KEY, best_trial, counts_or_pending, trial_params
+from autotune.records import CONCURRENCY_KEY, SWEEP_KEY, best_trial, trial_params
 from autotune.search.fill_batch import filling
 from autotune.search.strategy import Context, Proposal, Proposer
 
@@ -33,7 +33,7 @@ class MoreInstances(Proposer):
         best, trials = best_trial(context.study), context.trials
         if best is None or not best.user_attrs.get(CONCURRENCY_KEY) or context.sampled_concurrency:
             return None  # nothing feasible yet, an open loop's trial, or no sweep to read
-        if best.number in {t.user_attrs.get(SPREAD_FROM_KEY) for t in trials if counts_or_pending(t)}:
+        if best.number in context.proposed_from(SPREAD_FROM_KEY):
             return None
         concurrency = best.user_attrs[CONCURRENCY_KEY]
         more = [throughput for level, throughput, _ in best.user_attrs.get(SWEEP_KEY, []) if level > concurrency]

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from autotune.params import ServerParams
-from autotune.records import CONFIG_KEY, trial_params
+from autotune.records import CONFIG_KEY, counts_or_pending, trial_params
 from autotune.search.space import SearchSpace
 from autotune.triton.model_config import ModelConfig
 
@@ -40,6 +40,11 @@ class Context:
     @property
     def trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
+
+    def proposed_from(self, mark: str) -> set[Any]:
+        """The trials that trials marked ``mark`` were proposed from, among those measured, failed for a reason of
+        their own, or still queued or running (another worker's included): a proposer proposes once for each."""
+        return {t.user_attrs.get(mark) for t in self.trials if counts_or_pending(t)}
 
     def tried(self, trials: list[FrozenTrial]) -> set[tuple[ServerParams, int | None]]:
         """The settings (and concurrency, where it is sampled) that ``trials`` ran with: where not to go again."""
