@@ -19,7 +19,11 @@
    that held the limit in at least half their runs; a pick that did not is marked. The range beside it (its
    lowest and highest run on the same scale) shows how far the yardstick's own noise reaches. ``--twins N`` adds N
    copies of the best config known for each model (``BEST_KNOWN``), each measured and scored as a pick of its own:
-   what a tuner that always found that config would score under this yardstick.
+   what a tuner that always found that config would score under this yardstick. Beside each pick's own score
+   stands its config's: the runs of every pick of one config at one concurrency pooled (twins included) and scored
+   against the best config so pooled, so that one config picked by several studies scores alike and the best of
+   the run is no longer the luckiest of its copies. Every run's reading is kept in
+   ``benchmarks/results/yardstick/`` to score again.
 
 The model profiles under ``benchmarks/profiles/``: ``gpu_like`` (each batch holds one device shared by every
 instance for 2 ms + 0.25 ms per request, sleeping) and ``contended`` (a batch's work grows with the square of its
@@ -39,8 +43,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import model_analyzer
 import optuna
@@ -57,6 +63,7 @@ from autotune.study.confirm import Run, crown, standing
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "benchmarks" / "profiles"
 RESULTS = ROOT / "benchmarks" / "results" / "study_speed.json"
+READINGS = ROOT / "benchmarks" / "results" / "yardstick"
 STUDIES = ROOT / "benchmarks" / "results" / "studies"
 PA_WINDOW_MS = 2000
 # perf_analyzer's stability rule (its last three windows within this many percent of their mean): at its default
@@ -95,6 +102,13 @@ class Pick:
     @property
     def key(self) -> str:
         return f"{self.commit}|{self.model}|{self.max_p95_ms:g}|{self.seed}"
+
+    @property
+    def config_key(self) -> tuple[object, ...]:
+        """What the pick deploys: one config at one concurrency (a grid reference is measured over a range and
+        stands alone)."""
+        params = ServerParams.from_dict(self.config or {}) if self.config else None
+        return (self.model, params, self.concurrency, self.key if self.code == "grid" else None)
 
 
 def main() -> int:
@@ -147,8 +161,9 @@ def main() -> int:
             picks += _grid_references(model, args.max_p95, args.grid_top)
             picks += _twins(model, args.max_p95, args.twins)
         subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=False)
-        scores = _remeasure(repository, picks, args.rounds, Path(tmp))
-    _print(picks, scores, args)
+        readings = _remeasure(repository, picks, args.rounds, Path(tmp))
+    _keep(picks, readings, new_commit)
+    _print(picks, readings, args)
     return 0
 
 
@@ -266,9 +281,17 @@ def _env(tree: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(tree)}
 
 
+class Reading(NamedTuple):
+    """One perf_analyzer run of a pick; NaN and infinity where it gave no figure."""
+
+    throughput: float
+    p95_ms: float
+
+
 @dataclass(frozen=True)
 class Score:
-    """A pick's perf_analyzer runs: their median throughput, its lowest and highest, and how many held the limit."""
+    """Runs of a pick, or of a config: their median throughput, its lowest and highest, and how many held the
+    limit."""
 
     median: float
     low: float
@@ -276,19 +299,25 @@ class Score:
     held: int
     runs: int
 
+    @classmethod
+    def of(cls, readings: list[Reading], max_p95_ms: float) -> Score:
+        throughputs = [r.throughput for r in readings if r.throughput == r.throughput] or [float("nan")]
+        return cls(statistics.median(throughputs), min(throughputs), max(throughputs),
+                   sum(r.p95_ms <= max_p95_ms for r in readings), len(readings))
+
     @property
     def feasible(self) -> bool:
         return self.runs > 0 and 2 * self.held >= self.runs
 
 
-def _remeasure(repository: Path, picks: list[Pick], rounds: int, tmp: Path) -> dict[str, Score]:
+def _remeasure(repository: Path, picks: list[Pick], rounds: int, tmp: Path) -> dict[str, list[Reading]]:
     """Each pick's perf_analyzer runs, round-robin, every other round backwards as in autotune's re-measurement (a
     drift of the machine, or a cost left by the model measured before, weighs on all alike). A run during which the
     server crashed (Triton's Python backend does, now and then, under load) is taken again once on a fresh server,
     so that one crash costs one run."""
     binary, environment = install_perf_analyzer(None)
     measured = [p for p in picks if p.config]
-    runs: dict[str, list[tuple[float, float]]] = {p.key: [] for p in measured}
+    readings: dict[str, list[Reading]] = {p.key: [] for p in measured}
     embedded = EmbeddedServer(repository)
     embedded.start()
     try:
@@ -304,21 +333,25 @@ def _remeasure(repository: Path, picks: list[Pick], rounds: int, tmp: Path) -> d
                         embedded.stop()
                         embedded = EmbeddedServer(repository)
                         embedded.start()
-                        reading = (float("nan"), float("inf"))
-                runs[pick.key].append(reading)
+                        reading = Reading(float("nan"), float("inf"))
+                readings[pick.key].append(reading)
                 print(f"  round {round_ + 1}: {pick.model} {pick.code} {pick.seed} at {pick.concurrency}: "
-                      f"{reading[0]:.0f} infer/s, p95 {reading[1]:.2f} ms", flush=True)
+                      f"{reading.throughput:.0f} infer/s, p95 {reading.p95_ms:.2f} ms", flush=True)
     finally:
         embedded.stop()
-    scores = {}
-    for key, values in runs.items():
-        throughputs = [t for t, _ in values if t == t] or [float("nan")]  # NaN: perf_analyzer gave no figure
-        scores[key] = Score(statistics.median(throughputs), min(throughputs), max(throughputs),
-                            sum(p95 <= float(key.split("|")[2]) for _, p95 in values), len(values))
-    return scores
+    return readings
 
 
-def _run_once(binary: Path, environment: dict[str, str], url: str, pick: Pick, tmp: Path) -> tuple[float, float]:
+def _keep(picks: list[Pick], readings: dict[str, list[Reading]], commit: str) -> None:
+    """Every pick of this run with its perf_analyzer readings, for scoring again without measuring again."""
+    READINGS.mkdir(parents=True, exist_ok=True)
+    path = READINGS / f"{datetime.datetime.now():%Y-%m-%dT%H%M}-{commit}.json"
+    kept = [{**asdict(pick), "readings": [list(r) for r in readings.get(pick.key, [])]} for pick in picks]
+    path.write_text(json.dumps(kept, indent=1) + "\n")
+    print(f"  readings kept in {path.relative_to(ROOT)}", flush=True)
+
+
+def _run_once(binary: Path, environment: dict[str, str], url: str, pick: Pick, tmp: Path) -> Reading:
     """One perf_analyzer run of ``pick`` with its config loaded, the model put back after."""
     server = ModelServer(url, pick.model)
     try:
@@ -330,7 +363,7 @@ def _run_once(binary: Path, environment: dict[str, str], url: str, pick: Pick, t
         server.close()
 
 
-def _perf(binary: Path, environment: dict[str, str], url: str, pick: Pick, csv_path: Path) -> tuple[float, float]:
+def _perf(binary: Path, environment: dict[str, str], url: str, pick: Pick, csv_path: Path) -> Reading:
     """perf_analyzer's reading of a pick at its concurrency; a grid reference is measured at a quarter, half, three
     quarters and all of its grid concurrency, up to the first that breaks the limit, and stands on the best that
     held it: its best concurrency today."""
@@ -347,46 +380,68 @@ def _perf(binary: Path, environment: dict[str, str], url: str, pick: Pick, csv_p
     if not csv_path.exists() or (done.returncode != 0 and pick.code != "grid"):
         reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         print(f"  perf_analyzer gave no figure for {pick.model} {pick.code} {pick.seed}: {reason[0]}", flush=True)
-        return float("nan"), float("inf")
+        return Reading(float("nan"), float("inf"))
     with csv_path.open() as handle:
-        rows = [(float(row["Inferences/Second"]), float(row["p95 latency"]) / 1e3) for row in csv.DictReader(handle)]
+        rows = [Reading(float(row["Inferences/Second"]), float(row["p95 latency"]) / 1e3)
+                for row in csv.DictReader(handle)]
     if pick.code != "grid":
         return rows[0]
-    held = [row for row in rows if row[1] <= pick.max_p95_ms]
-    return max(held) if held else min(rows, key=lambda row: row[1])
+    held = [row for row in rows if row.p95_ms <= pick.max_p95_ms]
+    return max(held) if held else min(rows, key=lambda row: row.p95_ms)
 
 
-def _print(picks: list[Pick], scores: dict[str, Score], args: argparse.Namespace) -> None:
-    """One line a pick: its score (median over the best median of the picks that held the limit) and the range its
-    runs spanned on that scale, which says how far the yardstick's own noise reaches."""
+def _print(picks: list[Pick], readings: dict[str, list[Reading]], args: argparse.Namespace) -> None:
+    """One line a pick: its score (median over the best median of the picks that held the limit), the range its
+    runs spanned on that scale, which says how far the yardstick's own noise reaches, and its config's score (every
+    run of that config at that concurrency, over the best config's)."""
     print(f"\n{datetime.date.today()}, p95 limit {args.max_p95:g} ms, 20 trials, perf_analyzer re-measured "
           f"{args.rounds} rounds of {PA_WINDOW_MS} ms windows\n")
     print(f"{'model':<10} {'code':<4} {'seed':>4} {'wall s':>7} {'pa infer/s':>10} {'held':>5} {'score':>6} "
-          f"{'range':>10}  pick")
-    missing = Score(float("nan"), float("nan"), float("nan"), 0, 0)
+          f"{'range':>10} {'config':>6} {'runs':>4}  pick")
     for model in args.models:
-        mine = [p for p in picks if p.model == model]
-        top = max((scores[p.key].median for p in mine if p.key in scores and scores[p.key].feasible),
-                  default=float("nan"))
+        mine = [p for p in picks if p.model == model and p.key in readings]
+        scores = {p.key: Score.of(readings[p.key], args.max_p95) for p in mine}
+        pooled: dict[tuple[object, ...], list[Reading]] = {}
         for pick in mine:
-            score = scores.get(pick.key, missing)
-            shown = f"{score.median / top:.2f}" if score.feasible else "over"
-            spread = f"{score.low / top:.2f}-{score.high / top:.2f}"
+            pooled.setdefault(pick.config_key, []).extend(readings[pick.key])
+        by_config = {key: Score.of(runs, args.max_p95) for key, runs in pooled.items()}
+        top = _top(scores.values())
+        top_config = _top(by_config.values())
+        for pick in mine:
+            score, config = scores[pick.key], by_config[pick.config_key]
             print(f"{model:<10} {pick.code:<4} {pick.seed:>4} {pick.wall_s:>7.0f} {score.median:>10.0f} "
-                  f"{score.held:>2}/{score.runs:<2} {shown:>6} {spread:>10}  {pick.config} at {pick.concurrency}")
-        walls = {code: [p.wall_s for p in mine if p.code == code] for code in ("new", "old", "maq", "mao")}
+                  f"{score.held:>2}/{score.runs:<2} {_relative(score, top):>6} "
+                  f"{f'{score.low / top:.2f}-{score.high / top:.2f}':>10} {_relative(config, top_config):>6} "
+                  f"{config.runs:>4}  {pick.config} at {pick.concurrency}")
+        walls = {code: [p.wall_s for p in picks if p.model == model and p.code == code]
+                 for code in ("new", "old", "maq", "mao")}
         for code, times in walls.items():
             if times:
                 print(f"{model:<10} {code:<4} median wall {statistics.median(times):.0f} s over {len(times)}")
         figures = [f"new/{code} wall {statistics.median(walls['new']) / statistics.median(walls[code]):.2f}"
                    for code in ("old", "maq", "mao") if walls["new"] and walls[code]]
         for code in ("new", "twin"):
-            relative = [scores[p.key].median / top if p.key in scores and scores[p.key].feasible else 0.0
-                        for p in mine if p.code == code]
-            if relative:
-                figures.append(f"{code} median score {statistics.median(relative):.2f}")
+            own = [_value(scores[p.key], top) for p in mine if p.code == code]
+            of_config = [_value(by_config[p.config_key], top_config) for p in mine if p.code == code]
+            if own:
+                figures.append(f"{code} median score {statistics.median(own):.2f} "
+                               f"(by config {statistics.median(of_config):.2f})")
         if figures:
             print(f"{model:<10} {', '.join(figures)} (an over-the-limit pick scores 0)")
+
+
+def _top(scores: Iterable[Score]) -> float:
+    """The best median throughput among ``scores`` that held the limit."""
+    return max((s.median for s in scores if s.feasible), default=float("nan"))
+
+
+def _value(score: Score, top: float) -> float:
+    return score.median / top if score.feasible else 0.0
+
+
+def _relative(score: Score, top: float) -> str:
+    return f"{score.median / top:.2f}" if score.feasible else "over"
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
