@@ -399,11 +399,11 @@ def _print(picks: list[Pick], readings: dict[str, list[Reading]], args: argparse
     print(f"{'model':<10} {'code':<4} {'seed':>4} {'wall s':>7} {'pa infer/s':>10} {'held':>5} {'score':>6} "
           f"{'range':>10} {'config':>6} {'runs':>4}  pick")
     for model in args.models:
-        mine = [p for p in picks if p.model == model and p.key in readings]
-        scores = {p.key: Score.of(readings[p.key], args.max_p95) for p in mine}
+        mine = [p for p in picks if p.model == model]  # a study that picked nothing has no readings: it scores 0
+        scores = {p.key: Score.of(readings.get(p.key, []), args.max_p95) for p in mine}
         pooled: dict[tuple[object, ...], list[Reading]] = {}
         for pick in mine:
-            pooled.setdefault(pick.config_key, []).extend(readings[pick.key])
+            pooled.setdefault(pick.config_key, []).extend(readings.get(pick.key, []))
         by_config = {key: Score.of(runs, args.max_p95) for key, runs in pooled.items()}
         top = _top(scores.values())
         top_config = _top(by_config.values())
@@ -413,8 +413,7 @@ def _print(picks: list[Pick], readings: dict[str, list[Reading]], args: argparse
                   f"{score.held:>2}/{score.runs:<2} {_relative(score, top):>6} "
                   f"{f'{score.low / top:.2f}-{score.high / top:.2f}':>10} {_relative(config, top_config):>6} "
                   f"{config.runs:>4}  {pick.config} at {pick.concurrency}")
-        walls = {code: [p.wall_s for p in picks if p.model == model and p.code == code]
-                 for code in ("new", "old", "maq", "mao")}
+        walls = {code: [p.wall_s for p in mine if p.code == code] for code in ("new", "old", "maq", "mao")}
         for code, times in walls.items():
             if times:
                 print(f"{model:<10} {code:<4} median wall {statistics.median(times):.0f} s over {len(times)}")
