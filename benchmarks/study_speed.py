@@ -3,6 +3,7 @@
     python benchmarks/study_speed.py [--models mlp wide_mlp gpu_like contended] [--max-p95 10] [--seeds 3]
                                      [--old REF] [--old-seeds 1] [--ma-models mlp gpu_like] [--rounds 2] [--fresh]
                                      [--grid-top 2] [--crown-after ROUNDS] [--twins N]
+    python benchmarks/study_speed.py --score benchmarks/results/yardstick/RUN.json
 
 1. Studies. For each model, ``autotune optimize`` runs with its defaults (20 trials, the model's space from
    ``studies/`` or ``benchmarks/profiles/``) on an embedded server, once per seed from this checkout and from
@@ -23,7 +24,7 @@
    stands its config's: the runs of every pick of one config at one concurrency pooled (twins included) and scored
    against the best config so pooled, so that one config picked by several studies scores alike and the best of
    the run is no longer the luckiest of its copies. Every run's reading is kept in
-   ``benchmarks/results/yardstick/`` to score again.
+   ``benchmarks/results/yardstick/``; ``--score`` prints a kept run's table again, measuring nothing.
 
 The model profiles under ``benchmarks/profiles/``: ``gpu_like`` (each batch holds one device shared by every
 instance for 2 ms + 0.25 ms per request, sleeping) and ``contended`` (a batch's work grows with the square of its
@@ -128,7 +129,18 @@ def main() -> int:
                         "its re-measurement, where that differs from its crown (code r<ROUNDS>)")
     parser.add_argument("--twins", type=int, default=0, metavar="N",
                         help="copies of each model's best known config, each re-measured and scored as a pick")
+    parser.add_argument("--score", type=Path, metavar="JSON",
+                        help="print the table of a run kept in benchmarks/results/yardstick/ again, measuring nothing")
     args = parser.parse_args()
+    if args.score:
+        kept = json.loads(args.score.read_text())
+        picks = [Pick(**{key: value for key, value in pick.items() if key != "readings"}) for pick in kept]
+        readings = {pick.key: [Reading(*reading) for reading in kept_pick["readings"]]
+                    for pick, kept_pick in zip(picks, kept, strict=True) if kept_pick["readings"]}
+        args.models = list(dict.fromkeys(pick.model for pick in picks))  # and the run's limit, not the default
+        args.max_p95 = picks[0].max_p95_ms if picks else args.max_p95
+        _print(picks, readings, args)
+        return 0
     cache = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
     new_commit = _commit("HEAD")
     old_commit = _commit(args.old)
@@ -394,8 +406,9 @@ def _print(picks: list[Pick], readings: dict[str, list[Reading]], args: argparse
     """One line a pick: its score (median over the best median of the picks that held the limit), the range its
     runs spanned on that scale, which says how far the yardstick's own noise reaches, and its config's score (every
     run of that config at that concurrency, over the best config's)."""
+    rounds = max((len(runs) for runs in readings.values()), default=0)
     print(f"\n{datetime.date.today()}, p95 limit {args.max_p95:g} ms, 20 trials, perf_analyzer re-measured "
-          f"{args.rounds} rounds of {PA_WINDOW_MS} ms windows\n")
+          f"{rounds} rounds of {PA_WINDOW_MS} ms windows\n")
     print(f"{'model':<10} {'code':<4} {'seed':>4} {'wall s':>7} {'pa infer/s':>10} {'held':>5} {'score':>6} "
           f"{'range':>10} {'config':>6} {'runs':>4}  pick")
     for model in args.models:
