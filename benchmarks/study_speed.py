@@ -108,7 +108,7 @@ class Pick:
     def config_key(self) -> tuple[object, ...]:
         """What the pick deploys: one config at one concurrency (a grid reference is measured over a range and
         stands alone)."""
-        params = ServerParams.from_dict(self.config or {}) if self.config else None
+        params = ServerParams.from_dict(self.config) if self.config else None
         return (self.model, params, self.concurrency, self.key if self.code == "grid" else None)
 
 

@@ -39,7 +39,7 @@ class FillBatch(Proposer):
     is another size and untried."""
 
     def propose(self, context: Context) -> Proposal | None:
-        best, trials = best_trial(context.study), context.trials
+        best = best_trial(context.study)
         if best is None or not best.user_attrs.get(CONCURRENCY_KEY):
             return None  # nothing feasible yet, or an open loop's trial (no requests in flight to fill)
         params = trial_params(best)
@@ -53,7 +53,7 @@ class FillBatch(Proposer):
         if filled is None or filled["max_batch_size"] == point["max_batch_size"]:
             return None  # no batch fits that share, or its batches fill already
         filled["concurrency"] = context.space.clamp_concurrency(concurrency)
-        tried = context.tried(trials)
+        tried = context.tried(context.trials)
         if (context.space.resolve(filled, context.base), concurrency if context.sampled_concurrency else None) in tried:
             return None
         return Proposal(filled, {FILLED_FROM_KEY: best.number})

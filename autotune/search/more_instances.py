@@ -30,7 +30,7 @@ class MoreInstances(Proposer):
     instances and no trial has tried it. Its sweep starts where the best stands and doubles from there."""
 
     def propose(self, context: Context) -> Proposal | None:
-        best, trials = best_trial(context.study), context.trials
+        best = best_trial(context.study)
         if best is None or not best.user_attrs.get(CONCURRENCY_KEY) or context.sampled_concurrency:
             return None  # nothing feasible yet, an open loop's trial, or no sweep to read
         if best.number in context.proposed_from(SPREAD_FROM_KEY):
@@ -49,7 +49,7 @@ class MoreInstances(Proposer):
             if point is None:
                 return None
         spread = {**point, "instance_count": instances}
-        if (space.resolve(spread, context.base), None) in context.tried(trials):
+        if (space.resolve(spread, context.base), None) in context.tried(context.trials):
             return None  # tried already (concurrency is swept here, not part of the settings)
         return Proposal(spread, {SPREAD_FROM_KEY: best.number})
 
