@@ -456,9 +456,10 @@ def test_the_embedded_server_and_its_model_processes_do_not_outlive_autotune_and
             "--model-repository", str(repository), "--storage", f"sqlite:///{tmp_path / 'db'}", *QUICK]
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "triton_python_b" not in _descendants(process.pid).values():
+    started = _descendants(process.pid)  # the sample that shows the model's process: a reload can end it a moment on
+    while time.monotonic() < deadline and "triton_python_b" not in started.values():
         time.sleep(0.2)
-    started = _descendants(process.pid)
+        started = _descendants(process.pid)
     assert {"tritonserver", "triton_python_b"} <= set(started.values()), started
     (server,) = [pid for pid, name in started.items() if name == "tritonserver"]
     workspace = _workspace(server)
